@@ -1,0 +1,7 @@
+"""``veil.attention``: ``attend(q, k, v, mask)`` and its backends (registry, reference, sdpa, flex, tiles, varlen)."""
+
+from veil.attention.api import Choice, attend, explain, select, validate
+from veil.attention.registry import Backend, Call, get_backend, list_backends, register_backend, use_backend
+
+__all__ = ["Backend", "Call", "Choice", "attend", "explain", "get_backend", "list_backends", "register_backend",
+           "select", "use_backend", "validate"]

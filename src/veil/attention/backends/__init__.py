@@ -1,0 +1,3 @@
+"""Built-in attention backends; importing this package registers them."""
+
+from veil.attention.backends import reference, sdpa  # noqa: F401

@@ -1,0 +1,59 @@
+"""Dense kernels shared by the backends: math with fp32 softmax, and SDPA with a bool mask.
+
+Both take q ``[..., Hq, Q, D]``, k/v ``[..., Hkv, K, D]`` and ``allowed``: a bool tensor broadcastable to
+``[..., Hq, Q, K]`` (True = may attend) or None. A query row with no allowed key returns exactly 0 and
+passes zero gradient (never NaN, never a uniform average).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Tensor = torch.Tensor
+
+
+def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
+                   softcap: float | None) -> Tensor:
+    """Eager attention; scores, softcap and softmax in float32 (the oracle's numerics)."""
+    hq, hkv = q.shape[-3], k.shape[-3]
+    g = hq // hkv
+    qf = q.float().unflatten(-3, (hkv, g))  # (..., Hkv, G, Q, D)
+    kf = k.float().unsqueeze(-3)  # (..., Hkv, 1, K, D)
+    vf = v.float().unsqueeze(-3)
+    scores = torch.matmul(qf, kf.transpose(-1, -2)) * scale  # (..., Hkv, G, Q, K)
+    if softcap is not None:
+        scores = softcap * torch.tanh(scores / softcap)
+    if allowed is not None:
+        allowed = _group(allowed, hkv, g)
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        row_any = allowed.any(-1, keepdim=True)
+        # Rows with no key: softmax over zeros (finite), then zeroed: exact 0 and zero gradient.
+        scores = torch.where(row_any, scores, torch.zeros((), device=scores.device))
+        probs = torch.softmax(scores, dim=-1) * row_any
+    else:
+        probs = torch.softmax(scores, dim=-1)
+    out = torch.matmul(probs, vf)  # (..., Hkv, G, Q, Dv)
+    return out.flatten(-4, -3).to(q.dtype)
+
+
+def _group(allowed: Tensor, hkv: int, g: int) -> Tensor:
+    """Reshape a mask broadcastable to (..., Hq, Q, K) into (..., Hkv or 1, G or 1, Q, K)."""
+    if allowed.dim() < 3 or allowed.shape[-3] == 1:
+        return allowed.unsqueeze(-3)
+    return allowed.unflatten(-3, (hkv, g))
+
+
+def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
+                   is_causal: bool = False) -> Tensor:
+    """``F.scaled_dot_product_attention`` with exact handling of rows that see no key."""
+    gqa = q.shape[-3] != k.shape[-3]
+    if allowed is None:
+        return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, enable_gqa=gqa)
+    row_any = allowed.any(-1, keepdim=True)
+    if bool(row_any.all()):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=gqa)
+    # Open every key to the empty rows (no NaN inside the kernel), then zero those rows: exact 0 out,
+    # and since the zeroing multiplies by 0 the gradient through them is 0 too.
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~row_any, scale=scale, enable_gqa=gqa)
+    return out * row_any.to(out.dtype)

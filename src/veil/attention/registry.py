@@ -1,0 +1,121 @@
+"""The backend registry: plain functions with declared capabilities, chosen per call.
+
+A backend is ``fn(q, k, v, mask, scale, softcap) -> out`` with q ``[B, Hq, Q, D]``, k ``[B, Hkv, K, D]``,
+v ``[B, Hkv, K, Dv]`` (inputs already validated by :func:`veil.attend`), ``mask`` a
+:class:`veil.masks.Mask` or None, ``scale`` a float and ``softcap`` a float or None. Every backend must
+return exactly 0 (and pass zero gradient) for a query row that sees no key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from veil.masks import Mask
+
+BackendFn = Callable[..., torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a backend is asked to do: shapes, dtype, device, grad mode, mask, softcap."""
+
+    batch: int
+    q_heads: int
+    kv_heads: int
+    q_len: int
+    kv_len: int
+    head_dim: int
+    dtype: torch.dtype
+    device: torch.device
+    needs_grad: bool
+    mask: Mask | None
+    softcap: float | None
+
+    @classmethod
+    def of(cls, q, k, v, mask, softcap) -> Call:
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        return cls(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], q.dtype, q.device,
+                   needs_grad, mask, softcap)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A registered attention backend.
+
+    Attributes:
+        name: registry key.
+        fn: the kernel.
+        devices: device types it runs on (``"cpu"``, ``"cuda"``).
+        dtypes: dtypes it accepts.
+        grad_devices: device types on which it has a backward.
+        supports: ``(call) -> None | str``: None when the call is supported, else the reason why not.
+        cost: ``(call) -> float``: estimated work (arbitrary units, comparable across backends) for ``auto``.
+        exact: True when the result equals the reference's up to floating-point rounding.
+    """
+
+    name: str
+    fn: BackendFn
+    devices: frozenset[str]
+    dtypes: frozenset[torch.dtype]
+    grad_devices: frozenset[str]
+    supports: Callable[[Call], str | None]
+    cost: Callable[[Call], float]
+    auto: bool = True
+    doc: str = field(default="")
+
+    def why_not(self, call: Call) -> str | None:
+        if call.device.type not in self.devices:
+            return f"does not run on {call.device.type}"
+        if call.dtype not in self.dtypes:
+            return f"does not take {call.dtype}"
+        if call.needs_grad and call.device.type not in self.grad_devices:
+            return f"has no backward on {call.device.type}"
+        return self.supports(call)
+
+
+_REGISTRY: dict[str, Backend] = {}
+_ACTIVE: contextvars.ContextVar[str | None] = contextvars.ContextVar("veil_attention_backend", default=None)
+
+
+def register_backend(backend: Backend) -> Backend:
+    """Add (or replace) a backend in the registry."""
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def get_backend(name: str) -> Backend:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise ValueError(f"backend: unknown backend {name!r}; registered: {', '.join(sorted(_REGISTRY))} or 'auto'")
+    return _REGISTRY[name]
+
+
+def list_backends() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Within this context, ``attend(..., backend="auto")`` uses ``name`` (an explicit argument still wins)."""
+    if name != "auto":
+        get_backend(name)
+    token = _ACTIVE.set(name)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def active_backend() -> str | None:
+    return _ACTIVE.get()
+
+
+def _ensure_loaded() -> None:
+    # The built-in backends register themselves on import.
+    from veil.attention import backends  # noqa: F401

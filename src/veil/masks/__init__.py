@@ -1,0 +1,53 @@
+"""``veil.masks``: one exact, composable language of attention masks.
+
+True = the query may attend to the key. See :mod:`veil.masks.core` for the position convention.
+"""
+
+from veil.masks.core import GEMMA_FILL, And, Context, Full, Mask, Not, Or, conjoin, conjuncts, fill_value
+from veil.masks.parse import parse
+from veil.masks.sequence import (
+    Causal,
+    Chunked,
+    Document,
+    KeyMask,
+    KeyPadding,
+    Packed,
+    PrefixLM,
+    QueryPadding,
+    SlidingWindow,
+    causal,
+    chunked,
+    document,
+    full,
+    key_mask,
+    key_padding,
+    packed,
+    prefix_lm,
+    query_padding,
+    seqlens_to_ids,
+    sliding_window,
+)
+from veil.masks.video import (
+    FrameCausal,
+    Spatial,
+    Temporal,
+    TileWindow,
+    Window3D,
+    frame_causal,
+    from_tile_order,
+    spatial,
+    temporal,
+    tile_permutation,
+    tile_window,
+    to_tile_order,
+    window_3d,
+)
+
+__all__ = [
+    "GEMMA_FILL", "And", "Causal", "Chunked", "Context", "Document", "FrameCausal", "Full", "KeyMask",
+    "KeyPadding", "Mask", "Not", "Or", "Packed", "PrefixLM", "QueryPadding", "SlidingWindow", "Spatial",
+    "Temporal", "TileWindow", "Window3D", "causal", "chunked", "conjoin", "conjuncts", "document",
+    "fill_value", "frame_causal", "from_tile_order", "full", "key_mask", "key_padding", "packed", "parse",
+    "prefix_lm", "query_padding", "seqlens_to_ids", "sliding_window", "spatial", "temporal",
+    "tile_permutation", "tile_window", "to_tile_order", "window_3d",
+]

@@ -1,0 +1,327 @@
+"""The mask language: predicates with structure, composed with ``&``, ``|`` and ``~``.
+
+Convention (one meaning per word): a mask is a predicate ``(b, h, q_idx, kv_idx) -> bool`` and
+**True means the query may attend to the key**, as in FlexAttention's ``mask_mod``.
+
+Positions. When the query and key lengths differ (``Q != K``), query ``i`` sits at absolute position
+``i + (K - Q)``: queries are aligned to the *end* of the keys ("bottom-right"), which is what a KV
+cache needs (the new tokens are the last ones). Every positional constructor (``causal``,
+``sliding_window``, ``prefix_lm``, ``chunked``) uses that absolute query position. Padding, document and
+video masks use plain indices.
+
+Legend: B batch, H heads, Q query length, K key length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+Tensor = torch.Tensor
+MaskMod = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+
+# Gemma's fill: -0.7 x float32 max. The headroom means adding a score to it cannot overflow to -inf;
+# two such fills summed would (we never sum fills: a bias is made from the whole predicate at once).
+GEMMA_FILL = -2.3819763e38
+
+
+@dataclass
+class Context:
+    """What a predicate needs at lowering time: the lengths and the device of the attention call."""
+
+    q_len: int
+    kv_len: int
+    device: torch.device
+    batch: int | None = None
+    _tensors: dict[int, Tensor] = field(default_factory=dict)
+
+    @property
+    def offset(self) -> int:
+        """Absolute position of query 0 (bottom-right alignment)."""
+        return self.kv_len - self.q_len
+
+
+class Mask:
+    """Base class of every mask node. Use the constructors in :mod:`veil.masks`, not this class."""
+
+    kind: str = "mask"
+    #: True when the predicate depends on the batch index / head index.
+    batch_dependent: bool = False
+    head_dependent: bool = False
+
+    # -- structure -------------------------------------------------------------------------------
+    def children(self) -> tuple[Mask, ...]:
+        return ()
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        """Tensors this node holds (lengths, ids, flags): they must live on the attention's device."""
+        return ()
+
+    def leaves(self) -> list[Mask]:
+        kids = self.children()
+        if not kids:
+            return [self]
+        out: list[Mask] = []
+        for kid in kids:
+            out.extend(kid.leaves())
+        return out
+
+    def validate(self, batch: int, heads: int, q_len: int, kv_len: int, device: torch.device | None) -> None:
+        """Raise ``ValueError`` when this mask cannot apply to an attention call of these sizes."""
+        for kid in self.children():
+            kid.validate(batch, heads, q_len, kv_len, device)
+
+    # -- the predicate ---------------------------------------------------------------------------
+    def predicate(self, ctx: Context, b: Tensor, h: Tensor, q: Tensor, k: Tensor) -> Tensor:
+        """Evaluate on broadcastable integer index tensors; returns a bool tensor."""
+        raise NotImplementedError
+
+    def mask_mod(self, q_len: int, kv_len: int, device: torch.device | str = "cpu") -> MaskMod:
+        """A FlexAttention-style ``mask_mod(b, h, q_idx, kv_idx)`` for these lengths."""
+        ctx = Context(q_len, kv_len, torch.device(device))
+
+        def mod(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            return self.predicate(ctx, b, h, q_idx, kv_idx)
+
+        return mod
+
+    # -- lowerings -------------------------------------------------------------------------------
+    def to_bool(
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        *,
+        device: torch.device | str | None = None,
+        q_range: tuple[int, int] | None = None,
+        kv_range: tuple[int, int] | None = None,
+    ) -> Tensor:
+        """Dense bool mask of shape ``[B, H, Q, K]`` (True = may attend).
+
+        Dimensions the mask does not depend on are broadcast views (``expand``), so a mask that does
+        not depend on the batch or the head costs ``Q x K`` bytes. ``q_range``/``kv_range`` evaluate a
+        sub-block ``[start, stop)`` of the full matrix (the lengths stay the full ones).
+        """
+        dev = torch.device(device) if device is not None else _tensor_device(self)
+        self.validate(batch, heads, q_len, kv_len, dev)
+        ctx = Context(q_len, kv_len, dev, batch=batch)
+        q0, q1 = q_range if q_range is not None else (0, q_len)
+        k0, k1 = kv_range if kv_range is not None else (0, kv_len)
+        nb = batch if self.batch_dependent else 1
+        nh = heads if self.head_dependent else 1
+        b = torch.arange(nb, device=dev).view(nb, 1, 1, 1)
+        h = torch.arange(nh, device=dev).view(1, nh, 1, 1)
+        q = torch.arange(q0, q1, device=dev).view(1, 1, q1 - q0, 1)
+        k = torch.arange(k0, k1, device=dev).view(1, 1, 1, k1 - k0)
+        out = self.predicate(ctx, b, h, q, k)
+        out = torch.broadcast_to(out, (nb, nh, q1 - q0, k1 - k0))
+        return out.expand(batch, heads, q1 - q0, k1 - k0)
+
+    def to_bias(
+        self,
+        batch: int,
+        heads: int,
+        q_len: int,
+        kv_len: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        fill: Literal["min", "gemma", "-inf"] | float = "min",
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """Additive bias ``[B, H, Q, K]``: 0 where attended, ``fill`` elsewhere.
+
+        ``fill``: ``"min"`` = ``torch.finfo(dtype).min``; ``"gemma"`` = -2.3819763e38 (-0.7 x float32
+        max, Gemma's value; only for dtypes that can hold it); ``"-inf"``; or a negative float. The bias
+        is made from the whole predicate at once, so a composition never sums two fills.
+        """
+        value = fill_value(dtype, fill)
+        allowed = self.to_bool(batch, heads, q_len, kv_len, device=device)
+        zero = torch.zeros((), dtype=dtype, device=allowed.device)
+        return torch.where(allowed, zero, torch.tensor(value, dtype=dtype, device=allowed.device))
+
+    def density(self, batch: int = 1, heads: int = 1, q_len: int = 1, kv_len: int | None = None) -> float:
+        """Fraction of (query, key) pairs that are attended, computed in row blocks (no Q x K tensor)."""
+        kv_len = q_len if kv_len is None else kv_len
+        nb = batch if self.batch_dependent else 1
+        nh = heads if self.head_dependent else 1
+        total = 0
+        step = max(1, (1 << 22) // max(1, kv_len * nb * nh))
+        for q0 in range(0, q_len, step):
+            q1 = min(q_len, q0 + step)
+            total += int(self.to_bool(nb, nh, q_len, kv_len, q_range=(q0, q1)).sum())
+        return total / float(nb * nh * q_len * kv_len)
+
+    def to_block_mask(self, batch: int, heads: int, q_len: int, kv_len: int, *, device="cpu", block_size=128):
+        """FlexAttention ``BlockMask``, cached per mask, shape, device and block size."""
+        from veil.masks.flex import block_mask_for
+
+        return block_mask_for(self, batch, heads, q_len, kv_len, device=device, block_size=block_size)
+
+    # -- composition -----------------------------------------------------------------------------
+    def __and__(self, other: Mask) -> Mask:
+        _check_mask(other, "&")
+        if isinstance(self, Full):
+            return other
+        if isinstance(other, Full):
+            return self
+        return And(self, other)
+
+    def __or__(self, other: Mask) -> Mask:
+        _check_mask(other, "|")
+        return Or(self, other)
+
+    def __invert__(self) -> Mask:
+        return Not(self)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Mask) and type(self) is type(other) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, self._key()))
+
+    def _key(self) -> tuple:
+        """A hashable identity (tensors by value)."""
+        return ()
+
+    def __repr__(self) -> str:
+        return f"{self.kind}()"
+
+
+def _check_mask(other: object, op: str) -> None:
+    if not isinstance(other, Mask):
+        raise TypeError(f"mask {op} other: expected a veil Mask, got {type(other).__name__}")
+
+
+def _tensor_device(mask: Mask) -> torch.device:
+    for leaf in mask.leaves():
+        for t in leaf.tensors():
+            return t.device
+    return torch.device("cpu")
+
+
+def tensor_key(t: Tensor) -> tuple:
+    return (str(t.dtype), tuple(t.shape), str(t.device), tuple(t.flatten().tolist()))
+
+
+def fill_value(dtype: torch.dtype, fill: Literal["min", "gemma", "-inf"] | float) -> float:
+    """The additive fill for masked entries in ``dtype``; see :meth:`Mask.to_bias`."""
+    if not dtype.is_floating_point:
+        raise TypeError(f"dtype: expected a floating dtype for a bias, got {dtype}")
+    if fill == "min":
+        return float(torch.finfo(dtype).min)
+    if fill == "-inf":
+        return float("-inf")
+    if fill == "gemma":
+        if torch.finfo(dtype).max < abs(GEMMA_FILL):
+            raise ValueError(
+                f"fill='gemma' (-2.3819763e38) does not fit in {dtype} (max {torch.finfo(dtype).max}); "
+                "use fill='min'"
+            )
+        return GEMMA_FILL
+    if isinstance(fill, (int, float)) and not isinstance(fill, bool):
+        if fill >= 0:
+            raise ValueError(f"fill: expected a negative number, 'min', 'gemma' or '-inf', got {fill}")
+        return float(fill)
+    raise ValueError(f"fill: expected 'min', 'gemma', '-inf' or a negative float, got {fill!r}")
+
+
+class Full(Mask):
+    """Every query attends to every key."""
+
+    kind = "full"
+
+    def predicate(self, ctx, b, h, q, k):
+        return torch.ones((), dtype=torch.bool, device=ctx.device).expand(torch.broadcast_shapes(q.shape, k.shape))
+
+    def tensors(self) -> tuple[Tensor, ...]:
+        return ()
+
+
+class _Combine(Mask):
+    symbol = "?"
+
+    def __init__(self, left: Mask, right: Mask):
+        self.left, self.right = left, right
+        self.batch_dependent = left.batch_dependent or right.batch_dependent
+        self.head_dependent = left.head_dependent or right.head_dependent
+
+    def children(self):
+        return (self.left, self.right)
+
+    def tensors(self):
+        return ()
+
+    def _key(self):
+        return (self.left, self.right)
+
+    def __repr__(self):
+        def wrap(m: Mask) -> str:
+            return f"({m!r})" if isinstance(m, _Combine) and m.symbol != self.symbol else repr(m)
+
+        return f"{wrap(self.left)} {self.symbol} {wrap(self.right)}"
+
+
+class And(_Combine):
+    """Both masks allow the pair."""
+
+    kind = "and"
+    symbol = "&"
+
+    def predicate(self, ctx, b, h, q, k):
+        return self.left.predicate(ctx, b, h, q, k) & self.right.predicate(ctx, b, h, q, k)
+
+
+class Or(_Combine):
+    """Either mask allows the pair."""
+
+    kind = "or"
+    symbol = "|"
+
+    def predicate(self, ctx, b, h, q, k):
+        return self.left.predicate(ctx, b, h, q, k) | self.right.predicate(ctx, b, h, q, k)
+
+
+class Not(Mask):
+    """The pairs the inner mask does not allow."""
+
+    kind = "not"
+
+    def __init__(self, inner: Mask):
+        self.inner = inner
+        self.batch_dependent = inner.batch_dependent
+        self.head_dependent = inner.head_dependent
+
+    def children(self):
+        return (self.inner,)
+
+    def tensors(self):
+        return ()
+
+    def predicate(self, ctx, b, h, q, k):
+        return ~self.inner.predicate(ctx, b, h, q, k)
+
+    def _key(self):
+        return (self.inner,)
+
+    def __repr__(self):
+        inner = repr(self.inner)
+        return f"~({inner})" if isinstance(self.inner, _Combine) else f"~{inner}"
+
+
+def conjuncts(mask: Mask) -> list[Mask]:
+    """Flatten a tree of ``&`` into its operands (``a & (b & c)`` -> ``[a, b, c]``)."""
+    if isinstance(mask, And):
+        return conjuncts(mask.left) + conjuncts(mask.right)
+    return [mask]
+
+
+def conjoin(parts: list[Mask]) -> Mask:
+    """Inverse of :func:`conjuncts`; an empty list is ``full()``."""
+    out: Mask = Full()
+    for p in parts:
+        out = out & p
+    return out
