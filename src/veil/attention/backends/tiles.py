@@ -1,0 +1,400 @@
+"""``tiles``: local masks as dense attention over gathered key blocks; exact, differentiable, no Q x K tensor.
+
+For a mask with a local conjunct (``sliding_window``, ``chunked``, ``spatial``, ``temporal``,
+``frame_causal``, ``window_3d``, ``tile_window``) the queries are cut into blocks and each block is given
+the keys its queries can see: a *plan* ``(q_index [nb, bq], kv_index [nb, bk], kv_valid)``. Keys are
+gathered per block and dense SDPA runs on ``[nb, H, bq, bk]`` problems. Where the plan's key set is not
+exactly the visible set (windows, borders, other conjuncts), the whole mask's predicate is evaluated on
+the gathered pairs only, so the result is exact for any ``local & anything``. Blocks are processed in
+groups so gathered keys never exceed a memory budget; with gradients each group is recomputed in the
+backward pass (activation checkpointing), so the backward holds one group at a time.
+
+Legend: B batch, H heads, nb blocks, bq queries per block, bk keys per block, D head dim.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from veil.attention.backends.common import math_attention, sdpa_attention
+from veil.attention.registry import Backend, Call, register_backend
+from veil.masks import (
+    Chunked,
+    Context,
+    FrameCausal,
+    Mask,
+    SlidingWindow,
+    Spatial,
+    Temporal,
+    TileWindow,
+    Window3D,
+    conjuncts,
+    tile_permutation,
+)
+
+Tensor = torch.Tensor
+_FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
+# Gathered k+v of one group of blocks stay under max(this, 2 x the size of k+v).
+_GROUP_BYTES = 64 << 20
+
+
+@dataclass
+class Plan:
+    """Blocks of queries and the keys each block may see (a superset of the visible keys).
+
+    Attributes:
+        q_index: ``[nb, bq]`` query indices per block, or None when block ``i`` is queries
+            ``[i*bq, (i+1)*bq)`` (then ``nb * bq >= Q`` and the tail is padding).
+        kv_index: ``[nb, bk]`` key indices per block (clamped into ``[0, K)`` where invalid).
+        kv_valid: ``[nb, bk]`` bool, False for padding slots; None when all are valid.
+        exact: True when every (query, key) pair of a block is visible under the local mask alone.
+        local: the local mask the plan was made from.
+    """
+
+    q_index: Tensor | None
+    kv_index: Tensor
+    kv_valid: Tensor | None
+    exact: bool
+    local: Mask
+    bq: int
+
+    @property
+    def num_blocks(self) -> int:
+        return self.kv_index.shape[0]
+
+    @property
+    def bk(self) -> int:
+        return self.kv_index.shape[1]
+
+    def pairs(self) -> int:
+        return self.num_blocks * self.bq * self.bk
+
+
+def _block_size(window: int) -> int:
+    # bk = bq + window - 1: a smaller bq wastes less, a larger one runs SDPA more efficiently.
+    return int(min(512, max(64, 2 ** round(math.log2(max(1, window) / 2)))))
+
+
+def _plan_sliding(m: SlidingWindow, q_len: int, kv_len: int) -> Plan:
+    off = kv_len - q_len
+    w = m.window
+    bq = min(_block_size(w), q_len)
+    nb = -(-q_len // bq)
+    span = bq + w - 1 if m.causal else bq + 2 * w - 2
+    start = torch.arange(nb) * bq + off - w + 1  # first key of each block's union of windows
+    idx = start[:, None] + torch.arange(span)[None, :]
+    valid = (idx >= 0) & (idx < kv_len)
+    return Plan(None, idx.clamp(0, kv_len - 1), None if bool(valid.all()) else valid, False, m, bq)
+
+
+def _plan_chunked(m: Chunked, q_len: int, kv_len: int) -> Plan | None:
+    if q_len != kv_len or q_len % m.size:
+        return None
+    nb = q_len // m.size
+    idx = torch.arange(q_len).view(nb, m.size)
+    return Plan(None, idx, None, True, m, m.size)
+
+
+def _plan_spatial(m: Spatial, q_len: int, kv_len: int) -> Plan:
+    t, h, w = m.grid
+    idx = torch.arange(q_len).view(t, h * w)
+    return Plan(None, idx, None, True, m, h * w)
+
+
+def _plan_temporal(m: Temporal, q_len: int, kv_len: int) -> Plan:
+    t, h, w = m.grid
+    idx = torch.arange(q_len).view(t, h * w).t().contiguous()  # (HW, T): one block per position
+    return Plan(idx, idx, None, True, m, t)
+
+
+def _plan_frame_causal(m: FrameCausal, q_len: int, kv_len: int) -> Plan:
+    t, h, w = m.grid
+    hw = h * w
+    idx = torch.arange(t * hw).expand(t, t * hw)
+    valid = idx < (torch.arange(t)[:, None] + 1) * hw
+    return Plan(None, idx.clamp(max=q_len - 1), valid, False, m, hw)
+
+
+def _box_plan(grid, q_box, k_lo, k_hi, q_order: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Query tiles of ``q_box`` tokens and, per tile, the key box ``[lo, hi)`` (per axis, in tiles' coords)."""
+    gt, gh, gw = grid
+    bt, bh, bw = q_box
+    nt, nh, nw = gt // bt, gh // bh, gw // bw
+    ti, hi_, wi = torch.meshgrid(torch.arange(nt), torch.arange(nh), torch.arange(nw), indexing="ij")
+    ti, hi_, wi = ti.reshape(-1), hi_.reshape(-1), wi.reshape(-1)
+    # query indices of each tile, raster order inside the tile
+    dt, dh, dw = torch.meshgrid(torch.arange(bt), torch.arange(bh), torch.arange(bw), indexing="ij")
+    qt = (ti[:, None] * bt + dt.reshape(1, -1))
+    qh = (hi_[:, None] * bh + dh.reshape(1, -1))
+    qw = (wi[:, None] * bw + dw.reshape(1, -1))
+    q_idx = (qt * gh + qh) * gw + qw
+    lo = [f(ti, hi_, wi) for f in k_lo]
+    hi = [f(ti, hi_, wi) for f in k_hi]
+    ext = [int((h - l).max()) for l, h in zip(lo, hi)]
+    et, eh, ew = torch.meshgrid(torch.arange(ext[0]), torch.arange(ext[1]), torch.arange(ext[2]), indexing="ij")
+    kt = lo[0][:, None] + et.reshape(1, -1)
+    kh = lo[1][:, None] + eh.reshape(1, -1)
+    kw = lo[2][:, None] + ew.reshape(1, -1)
+    valid = (kt < hi[0][:, None]) & (kh < hi[1][:, None]) & (kw < hi[2][:, None])
+    k_idx = (kt.clamp(max=gt - 1) * gh + kh.clamp(max=gh - 1)) * gw + kw.clamp(max=gw - 1)
+    return q_idx, k_idx, valid
+
+
+def _plan_window_3d(m: Window3D, q_len: int, kv_len: int) -> Plan:
+    grid = m.grid
+    # query tiles: whole frames' rows/cols chunks of ~128 tokens, divisors of the grid
+    def divisor(n: int, target: int) -> int:
+        return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, target))
+
+    bw = divisor(grid[2], 16)
+    bh = divisor(grid[1], max(1, 128 // bw))
+    q_box = (1, bh, bw)
+    r = [v // 2 for v in m.window]
+    lo = [
+        lambda ti, hi_, wi: (ti * q_box[0] - r[0]).clamp(min=0),
+        lambda ti, hi_, wi: (hi_ * q_box[1] - r[1]).clamp(min=0),
+        lambda ti, hi_, wi: (wi * q_box[2] - r[2]).clamp(min=0),
+    ]
+    hi = [
+        lambda ti, hi_, wi: ((ti + 1) * q_box[0] + r[0]).clamp(max=grid[0]),
+        lambda ti, hi_, wi: ((hi_ + 1) * q_box[1] + r[1]).clamp(max=grid[1]),
+        lambda ti, hi_, wi: ((wi + 1) * q_box[2] + r[2]).clamp(max=grid[2]),
+    ]
+    q_idx, k_idx, valid = _box_plan(grid, q_box, lo, hi)
+    return Plan(q_idx, k_idx, valid, False, m, q_idx.shape[1])
+
+
+def _plan_tile_window(m: TileWindow, q_len: int, kv_len: int) -> Plan:
+    tile = m.tile
+    lo, hi = [], []
+    for axis in range(3):
+        def start(ti, hi_, wi, axis=axis):
+            c = (ti, hi_, wi)[axis]
+            return m.window_start(c, axis) * tile[axis]
+
+        def stop(ti, hi_, wi, axis=axis):
+            c = (ti, hi_, wi)[axis]
+            return (m.window_start(c, axis) + m.window[axis]) * tile[axis]
+
+        lo.append(start)
+        hi.append(stop)
+    q_idx, k_idx, valid = _box_plan(m.grid, tile, lo, hi)
+    if m.order == "tile":
+        # the mask's indices are tile-order positions: map raster indices through the inverse permutation
+        inv = torch.argsort(tile_permutation(m.grid, tile))
+        q_idx, k_idx = inv[q_idx], inv[k_idx]
+        # tile t's tokens are contiguous and in order: queries need no gather
+        if torch.equal(q_idx, torch.arange(q_len).view_as(q_idx)):
+            q_idx = None
+    return Plan(q_idx, k_idx, None, True, m, tile[0] * tile[1] * tile[2])
+
+
+_PLANNERS = {
+    SlidingWindow: _plan_sliding,
+    Chunked: _plan_chunked,
+    Spatial: _plan_spatial,
+    Temporal: _plan_temporal,
+    FrameCausal: _plan_frame_causal,
+    Window3D: _plan_window_3d,
+    TileWindow: _plan_tile_window,
+}
+_PLAN_CACHE: OrderedDict[tuple, Plan | None] = OrderedDict()
+
+
+def plan_for(mask: Mask | None, q_len: int, kv_len: int) -> Plan | None:
+    """The cheapest plan over the mask's local conjuncts, or None when the mask has none."""
+    if mask is None:
+        return None
+    key = (mask, q_len, kv_len)
+    if key in _PLAN_CACHE:
+        _PLAN_CACHE.move_to_end(key)
+        return _PLAN_CACHE[key]
+    best: Plan | None = None
+    parts = conjuncts(mask)
+    for part in parts:
+        planner = _PLANNERS.get(type(part))
+        if planner is None:
+            continue
+        p = planner(part, q_len, kv_len)
+        if p is not None and (best is None or p.pairs() < best.pairs()):
+            best = p
+    if best is not None and best.exact and len(parts) > 1:
+        best = Plan(best.q_index, best.kv_index, best.kv_valid, False, best.local, best.bq)
+    _PLAN_CACHE[key] = best
+    while len(_PLAN_CACHE) > 128:
+        _PLAN_CACHE.popitem(last=False)
+    return best
+
+
+def _inner_mask(mask: Mask, plan: Plan, q_idx: Tensor, kv_idx: Tensor, kv_valid: Tensor | None,
+                batch: int, heads: int, q_len: int, kv_len: int, device) -> Tensor | None:
+    """Visibility of the gathered pairs: ``[nb, 1, bq, bk]`` or ``[B, nb, H|1, bq, bk]`` (batch-dependent)."""
+    if plan.exact and kv_valid is None:
+        return None
+    ctx = Context(q_len, kv_len, device, batch=batch)
+    qi = q_idx[None, :, None, :, None]  # (1, nb, 1, bq, 1)
+    ki = kv_idx[None, :, None, None, :]  # (1, nb, 1, 1, bk)
+    nb_ = batch if mask.batch_dependent else 1
+    nh = heads if mask.head_dependent else 1
+    b = torch.arange(nb_, device=device).view(nb_, 1, 1, 1, 1)
+    h = torch.arange(nh, device=device).view(1, 1, nh, 1, 1)
+    allowed = plan.local.predicate(ctx, b, h, qi, ki) if plan.exact else mask.predicate(ctx, b, h, qi, ki)
+    if kv_valid is not None:
+        allowed = allowed & kv_valid[None, :, None, None, :]
+    return allowed
+
+
+def _group_attention(q, k, v, q_idx, kv_idx, allowed, scale, softcap, contiguous_q):
+    """Attention for one group of blocks. q ``[B, H, Q, D]``; returns ``[B, nb, bq, H, Dv]``."""
+    b, h, _, d = q.shape
+    nb, bq = q_idx.shape
+    bk = kv_idx.shape[1]
+    hkv = k.shape[1]
+    if contiguous_q:
+        qg = q[:, :, q_idx[0, 0]: q_idx[0, 0] + nb * bq].transpose(1, 2).reshape(b * nb, bq, h, d)
+    else:
+        qg = q.transpose(1, 2).index_select(1, q_idx.reshape(-1)).view(b * nb, bq, h, d)
+    kg = k.transpose(1, 2).index_select(1, kv_idx.reshape(-1)).view(b * nb, bk, hkv, d)
+    vg = v.transpose(1, 2).index_select(1, kv_idx.reshape(-1)).view(b * nb, bk, hkv, v.shape[-1])
+    qg, kg, vg = qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2)  # (B*nb, H, bq|bk, D)
+    if allowed is not None:
+        # (1|B, nb, 1|H, bq, bk) -> (B*nb, 1|H, bq, bk)
+        allowed = allowed.expand(b, *allowed.shape[1:]).reshape(b * nb, *allowed.shape[2:])
+    if softcap is not None:
+        out = math_attention(qg, kg, vg, allowed, scale, softcap)
+    else:
+        out = sdpa_attention(qg, kg, vg, allowed, scale)
+    return out.transpose(1, 2).reshape(b, nb, bq, h, -1)  # (B, nb, bq, H, Dv)
+
+
+def _sliding_fast(q, k, v, m: SlidingWindow, scale: float, bq: int):
+    """``sliding_window`` alone: key blocks are overlapping strided views (no gather copy) and one band
+    mask ``[bq, span]`` serves every block whose keys all exist; only edge blocks get their own mask."""
+    b, h, q_len, d = q.shape
+    kv_len, w = k.shape[2], m.window
+    off = kv_len - q_len
+    span = bq + w - 1 if m.causal else bq + 2 * w - 2
+    nb = -(-q_len // bq)
+    first = off - w + 1  # key index of slot 0 of block 0; block i starts at first + i * bq
+    front = max(0, -first)
+    back = max(0, (nb - 1) * bq + first + span - kv_len)
+    pad = nb * bq - q_len
+    if pad:
+        q = torch.nn.functional.pad(q, (0, 0, 0, pad))
+    kp = torch.nn.functional.pad(k, (0, 0, front, back)) if front or back else k
+    vp = torch.nn.functional.pad(v, (0, 0, front, back)) if front or back else v
+    s0 = first + front
+    dev = q.device
+    r = torch.arange(bq, device=dev)[:, None]
+    j = torch.arange(span, device=dev)[None, :]
+    diff = r + w - 1 - j  # absolute query position minus absolute key position
+    band = (diff >= 0) & (diff < w) if m.causal else (diff > -w) & (diff < w)  # (bq, span)
+    starts = first + torch.arange(nb) * bq
+    clean = (starts >= 0) & (starts + span <= kv_len)
+    # row r of block i is a real query only if i*bq + r < Q; padded rows may be empty: sdpa_attention copes
+    outs = []
+    for bi in range(b):
+        qb = q[bi].unflatten(1, (nb, bq)).transpose(0, 1)  # (nb, H, bq, D)
+        kb = kp[bi, :, s0: s0 + (nb - 1) * bq + span].unfold(1, span, bq).permute(1, 0, 3, 2)  # (nb, Hkv, span, D)
+        vb = vp[bi, :, s0: s0 + (nb - 1) * bq + span].unfold(1, span, bq).permute(1, 0, 3, 2)
+        pieces = []
+        i = 0
+        while i < nb:
+            c = bool(clean[i])
+            i1 = i
+            while i1 < nb and bool(clean[i1]) == c:
+                i1 += 1
+            if c:
+                allowed = band[None, None]
+            else:
+                key_abs = (starts[i:i1, None] + torch.arange(span)[None, :]).to(dev)  # (n, span)
+                valid = (key_abs >= 0) & (key_abs < kv_len)
+                allowed = (band[None] & valid[:, None, :])[:, None]  # (n, 1, bq, span)
+            pieces.append(sdpa_attention(qb[i:i1], kb[i:i1], vb[i:i1], allowed, scale))
+            i = i1
+        ob = torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]  # (nb, H, bq, Dv)
+        outs.append(ob.transpose(0, 1).reshape(h, nb * bq, -1)[:, :q_len])
+    return torch.stack(outs, dim=0)  # (B, H, Q, Dv)
+
+
+def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = None):
+    """The backend function; ``group_bytes`` overrides the per-group memory budget (tests)."""
+    b, h, q_len, _ = q.shape
+    kv_len = k.shape[2]
+    plan = plan_for(mask, q_len, kv_len)
+    if plan is None:
+        raise ValueError(f"mask: backend 'tiles' needs a local mask (sliding_window, spatial, ...), got {mask!r}")
+    if isinstance(mask, SlidingWindow) and softcap is None:
+        return _sliding_fast(q, k, v, mask, scale, plan.bq)
+    dev = q.device
+    contiguous_q = plan.q_index is None
+    nb, bq = plan.num_blocks, plan.bq
+    if contiguous_q:
+        pad = nb * bq - q_len
+        if pad:
+            # pad the queries once so every block is full; padded rows are dropped at the end
+            q = torch.cat([q, q.new_zeros(b, h, pad, q.shape[-1])], dim=2)
+        q_index = torch.arange(nb * bq, device=dev).view(nb, bq)
+        q_pred_index = q_index.clamp(max=q_len - 1)
+    else:
+        q_index = q_pred_index = plan.q_index.to(dev)
+    kv_index = plan.kv_index.to(dev)
+    kv_valid = plan.kv_valid.to(dev) if plan.kv_valid is not None else None
+
+    per_block = 2 * b * k.shape[1] * plan.bk * k.shape[-1] * k.element_size()
+    budget = group_bytes
+    if budget is None:
+        budget = max(_GROUP_BYTES, 2 * (k.numel() + v.numel()) * k.element_size())
+    group = max(1, min(nb, budget // max(1, per_block)))
+    outs = []
+    for g0 in range(0, nb, group):
+        g1 = min(nb, g0 + group)
+        allowed = _inner_mask(mask, plan, q_pred_index[g0:g1], kv_index[g0:g1],
+                              None if kv_valid is None else kv_valid[g0:g1], b, h, q_len, kv_len, dev)
+        args = (q, k, v, q_index[g0:g1], kv_index[g0:g1], allowed, scale, softcap, contiguous_q)
+        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad) and group < nb:
+            outs.append(checkpoint(_group_attention, *args, use_reentrant=False))
+        else:
+            outs.append(_group_attention(*args))
+    out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, nb, bq, H, Dv)
+    out = out.reshape(b, nb * bq, h, -1)
+    if contiguous_q:
+        out = out[:, :q_len]
+    else:
+        # blocks hold each query exactly once: put rows back in query order
+        inv = torch.empty(q_len, dtype=torch.long, device=dev)
+        inv[q_index.reshape(-1)] = torch.arange(q_len, device=dev)
+        out = out.index_select(1, inv)
+    return out.transpose(1, 2)  # (B, H, Q, Dv)
+
+
+def _supports(call: Call) -> str | None:
+    if plan_for(call.mask, call.q_len, call.kv_len) is None:
+        return "needs a local mask (sliding_window, chunked, spatial, temporal, frame_causal, window_3d, tile_window)"
+    return None
+
+
+def _cost(call: Call) -> float:
+    plan = plan_for(call.mask, call.q_len, call.kv_len)
+    per_pair = call.batch * call.q_heads * (call.head_dim + 8)
+    # small dense problems run a little less efficiently than one large one; gathers are memory traffic
+    overhead = 1.25 if call.softcap is None else 3.0
+    gather = call.batch * call.kv_heads * plan.num_blocks * plan.bk * call.head_dim * 8
+    return overhead * plan.pairs() * per_pair + gather + 2e5 * plan.num_blocks / max(1, plan.bq)
+
+
+register_backend(Backend(
+    name="tiles",
+    fn=tiles_attention,
+    devices=frozenset({"cpu", "cuda", "mps"}),
+    dtypes=_FLOATS,
+    grad_devices=frozenset({"cpu", "cuda", "mps"}),
+    supports=_supports,
+    cost=_cost,
+    doc="local masks: dense SDPA over gathered key blocks; exact, differentiable, no Q x K tensor",
+))

@@ -1,0 +1,93 @@
+"""``tiles`` against the reference backend: forward and backward, every local mask, compositions, GQA."""
+
+import pytest
+import torch
+
+import veil
+import veil.masks as M
+from veil.attention.backends.tiles import plan_for, tiles_attention
+
+G = (3, 4, 6)  # T, H, W -> 72 tokens
+CASES = [
+    (M.sliding_window(4), 37, 37),
+    (M.sliding_window(4), 5, 37),  # decoding a few tokens against a cache
+    (M.sliding_window(4), 37, 20),  # Q > K: the first rows see nothing
+    (M.sliding_window(3, causal=False), 30, 30),
+    (M.sliding_window(5) & M.key_padding(torch.tensor([0, 17])), 30, 30),
+    (M.sliding_window(6) & M.causal() & ~M.document(torch.tensor([0] * 10 + [1] * 20)), 30, 30),
+    (M.chunked(6) & M.causal(), 36, 36),
+    (M.spatial(G), 72, 72),
+    (M.temporal(G), 72, 72),
+    (M.frame_causal(G), 72, 72),
+    (M.window_3d(G, (3, 3, 3)), 72, 72),
+    (M.window_3d(G, (1, 5, 1)), 72, 72),
+    (M.tile_window(G, (1, 2, 3), (3, 1, 2)), 72, 72),
+    (M.tile_window(G, (1, 2, 2), (2, 2, 3), order="tile"), 72, 72),
+    (M.spatial(G) & M.key_padding(torch.tensor([50, 72])), 72, 72),
+]
+
+
+def _grads(backend, mask, q, k, v, g, softcap=None):
+    out = veil.attend(q, k, v, mask, backend=backend, softcap=softcap)
+    return (out, *torch.autograd.grad(out, (q, k, v), g))
+
+
+@pytest.mark.parametrize("mask,Q,K", CASES, ids=[repr(c[0])[:50] for c in CASES])
+def test_tiles_matches_reference_forward_and_backward(mask, Q, K):
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, Q, 8, requires_grad=True)
+    k = torch.randn(2, 2, K, 8, requires_grad=True)  # GQA: 4 query heads over 2 kv heads
+    v = torch.randn(2, 2, K, 8, requires_grad=True)
+    g = torch.randn(2, 4, Q, 8)
+    for a, b in zip(_grads("reference", mask, q, k, v, g), _grads("tiles", mask, q, k, v, g)):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
+def test_tiles_softcap_and_small_groups_with_checkpointing():
+    torch.manual_seed(1)
+    mask = M.sliding_window(5) & M.key_padding(torch.tensor([40, 23]))
+    q = torch.randn(2, 2, 40, 8, requires_grad=True)
+    k = torch.randn(2, 2, 40, 8, requires_grad=True)
+    v = torch.randn(2, 2, 40, 8, requires_grad=True)
+    g = torch.randn(2, 2, 40, 8)
+    ref = _grads("reference", mask, q, k, v, g, softcap=1.5)
+    out = tiles_attention(q, k, v, mask, 8**-0.5, 1.5, group_bytes=1)  # one block per group, checkpointed
+    got = (out, *torch.autograd.grad(out, (q, k, v), g))
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
+def test_empty_rows_are_exactly_zero_with_zero_grad():
+    mask = M.sliding_window(3)  # Q > K: the first Q - K queries sit before the first key
+    q = torch.randn(1, 2, 12, 4, dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(1, 2, 8, 4, dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(1, 2, 8, 4, dtype=torch.bfloat16, requires_grad=True)
+    out = veil.attend(q, k, v, mask, backend="tiles")
+    out.float().sum().backward()
+    assert torch.equal(out[:, :, :4], torch.zeros_like(out[:, :, :4]))
+    assert torch.equal(q.grad[:, :, :4], torch.zeros_like(q.grad[:, :, :4]))
+    assert not torch.isnan(out).any() and not torch.isnan(k.grad).any()
+
+
+def test_plans_see_only_the_window():
+    # sliding window 64 at 4096 tokens: the work is a small multiple of the window, not of the length
+    plan = plan_for(M.sliding_window(64), 4096, 4096)
+    assert plan.pairs() < 4096 * 64 * 2
+    plan = plan_for(M.tile_window((4, 8, 8), (2, 4, 4), (1, 1, 1)), 256, 256)
+    assert plan.exact and plan.bk == 32 and plan.num_blocks == 8
+    assert plan_for(M.causal(), 64, 64) is None
+
+
+def test_auto_picks_tiles_for_a_narrow_window_and_explains_why():
+    q = torch.randn(1, 2, 2048, 16)
+    choice = veil.explain(q, q, q, M.sliding_window(64))
+    assert choice.backend == "tiles"
+    assert "tiles" in str(choice) and "sdpa" in str(choice)
+    # and not when the mask has no local structure
+    assert veil.explain(q, q, q, M.causal()).backend == "sdpa"
+
+
+def test_tiles_refuses_masks_without_local_structure():
+    q = torch.randn(1, 1, 8, 4)
+    with pytest.raises(ValueError, match="tiles"):
+        veil.attend(q, q, q, M.causal(), backend="tiles")
