@@ -41,6 +41,8 @@ Tensor = torch.Tensor
 _FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 # Gathered k+v of one group of blocks stay under max(this, 2 x the size of k+v).
 _GROUP_BYTES = 64 << 20
+# Below this many pairs per block, batched matmuls beat per-block SDPA calls (e.g. temporal over 16 frames).
+_TINY = 64 * 64
 
 
 @dataclass
@@ -265,7 +267,7 @@ def _group_attention(q, k, v, q_idx, kv_idx, allowed, scale, softcap, contiguous
     if allowed is not None:
         # (1|B, nb, 1|H, bq, bk) -> (B*nb, 1|H, bq, bk)
         allowed = allowed.expand(b, *allowed.shape[1:]).reshape(b * nb, *allowed.shape[2:])
-    if softcap is not None:
+    if softcap is not None or bq * bk <= _TINY:
         out = math_attention(qg, kg, vg, allowed, scale, softcap)
     else:
         out = sdpa_attention(qg, kg, vg, allowed, scale)
@@ -331,6 +333,23 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
         raise ValueError(f"mask: backend 'tiles' needs a local mask (sliding_window, spatial, ...), got {mask!r}")
     if isinstance(mask, SlidingWindow) and softcap is None:
         return _sliding_fast(q, k, v, mask, scale, plan.bq)
+    if isinstance(mask, Temporal):
+        # frames are strided views: (B, H, T, HW, D) -> (B, HW, H, T, D), no gather at all
+        t, hw = mask.grid[0], mask.grid[1] * mask.grid[2]
+
+        if q.shape[1] == k.shape[1]:
+            # no GQA: the positions axis can stand where math_attention expects heads (1:1 pairing)
+            def view(x):
+                return x.unflatten(2, (t, hw)).transpose(2, 3)  # (B, H, HW, T, D)
+
+            out = math_attention(view(q), view(k), view(v), None, scale, softcap)
+            return out.transpose(2, 3).flatten(2, 3)
+
+        def view_gqa(x):
+            return x.unflatten(2, (t, hw)).permute(0, 3, 1, 2, 4)  # (B, HW, H, T, D)
+
+        out = math_attention(view_gqa(q), view_gqa(k), view_gqa(v), None, scale, softcap)
+        return out.permute(0, 2, 3, 1, 4).flatten(2, 3)
     dev = q.device
     contiguous_q = plan.q_index is None
     nb, bq = plan.num_blocks, plan.bq
