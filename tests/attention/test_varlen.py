@@ -16,6 +16,7 @@ CASES = {
     "key_padding": (6, 9, M.key_padding([4, 0, 9])),
     "key_padding_causal": (9, 9, M.key_padding([4, 0, 9]) & M.causal()),
     "kv_cache_causal": (3, 9, M.causal() & M.key_padding([9, 5, 2])),  # bottom-right w.r.t. the padded K
+    "q_longer_causal": (9, 6, M.causal() & M.key_padding([6, 3, 0]) & M.query_padding([9, 7, 9])),  # empty rows
     "query_padding_window": (9, 9, M.query_padding([9, 2, 0]) & M.sliding_window(3)),
     "both_paddings_window": (10, 10, M.key_padding([7, 10, 3]) & M.query_padding([5, 10, 3]) & M.sliding_window(4)),
     "packed_causal": (10, 10, M.packed([3, 4, 3]) & M.causal()),

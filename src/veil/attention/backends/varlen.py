@@ -56,24 +56,28 @@ class Plan:
         return sum((q1 - q0) * (k1 - k0) for _, q0, q1, k0, k1 in self.segments)
 
 
-_PLANS: OrderedDict[tuple, Plan | str] = OrderedDict()
+_PLANS: OrderedDict[tuple, tuple[Mask, Plan | str]] = OrderedDict()
 _PLANS_SIZE = 64
 
 
 def plan(mask: Mask | None, batch: int, q_len: int, kv_len: int) -> Plan | str:
-    """The segments for ``mask`` at these sizes, or a string saying why varlen does not apply (cached)."""
+    """The segments for ``mask`` at these sizes, or a string saying why varlen does not apply.
+
+    Cached by the mask's identity (hashing a mask reads its tensors), so the ``auto`` checks and the call
+    that follows plan once.
+    """
     if mask is None:
         return "no mask: nothing to skip"
-    key = (mask, batch, q_len, kv_len)
+    key = (id(mask), batch, q_len, kv_len)
     hit = _PLANS.get(key)
-    if hit is None:
-        hit = _make_plan(mask, batch, q_len, kv_len)
-        _PLANS[key] = hit
-        while len(_PLANS) > _PLANS_SIZE:
-            _PLANS.popitem(last=False)
-    else:
+    if hit is not None and hit[0] is mask:
         _PLANS.move_to_end(key)
-    return hit
+        return hit[1]
+    made = _make_plan(mask, batch, q_len, kv_len)
+    _PLANS[key] = (mask, made)  # holding the mask keeps its id from being reused while cached
+    while len(_PLANS) > _PLANS_SIZE:
+        _PLANS.popitem(last=False)
+    return made
 
 
 def _make_plan(mask: Mask, batch: int, q_len: int, kv_len: int) -> Plan | str:
@@ -173,7 +177,7 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, scale: float, 
     out = q.new_zeros(batch, hq, q_len, v.shape[-1])
     if not p.segments:
         return out
-    if _flash_ok(q, p, q_len, kv_len):
+    if _flash_ok(q, v, p, q_len, kv_len):
         return _flash(q, k, v, p, scale, softcap, out, causal=isinstance(p.residual, Causal))
     groups: dict[tuple, list] = defaultdict(list)
     for seg in p.segments:
@@ -197,9 +201,11 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, scale: float, 
     return out
 
 
-def _flash_ok(q: Tensor, p: Plan, q_len: int, kv_len: int) -> bool:
+def _flash_ok(q: Tensor, v: Tensor, p: Plan, q_len: int, kv_len: int) -> bool:
     """flash-attn applies: CUDA, half precision, and a residual it reproduces exactly on every segment."""
     if flash_attn_varlen_func is None or q.device.type != "cuda" or q.dtype not in (torch.float16, torch.bfloat16):
+        return False
+    if v.shape[-1] != q.shape[-1]:
         return False
     if isinstance(p.residual, Full):
         return True
@@ -223,7 +229,7 @@ def _flash(q, k, v, p: Plan, scale, softcap, out, *, causal: bool) -> Tensor:  #
     o = flash_attn_varlen_func(
         q[qb, :, qi], k[kb, :, ki], v[kb, :, ki],  # (total, H, D)
         cu_q, cu_k, int(qn.max()), int(kn.max()),
-        softmax_scale=scale, causal=causal, softcap=0.0 if softcap is None else softcap,
+        softmax_scale=scale, causal=causal, **({} if softcap is None else {"softcap": softcap}),
     )
     out[qb, :, qi] = o
     return out
