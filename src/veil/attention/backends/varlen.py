@@ -168,7 +168,19 @@ def _segment_how(residual: Mask, seg, batch: int, heads: int, q_len: int, kv_len
 
 
 def varlen_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, scale: float, softcap: float | None) -> Tensor:
-    """Attention over the segments of ``mask``'s padding / document structure; see the module docstring."""
+    """Attention over the segments of ``mask``'s padding / document structure; see the module docstring.
+
+    Args:
+        q: ``[B, Hq, Q, D]``; k: ``[B, Hkv, K, D]``; v: ``[B, Hkv, K, Dv]`` (validated by ``veil.attend``).
+        mask: a mask with a ``key_padding``, ``query_padding``, ``packed`` or ``document`` conjunct.
+        scale: score scale. softcap: ``softcap * tanh(scores / softcap)`` before masking, or None.
+
+    Returns:
+        ``[B, Hq, Q, Dv]``; rows outside every segment are exactly 0 with zero gradient.
+
+    Raises:
+        ValueError: the mask has no such structure, or a document is not one contiguous run.
+    """
     batch, hq, q_len, _ = q.shape
     kv_len = k.shape[2]
     p = plan(mask, batch, q_len, kv_len)
