@@ -1,3 +1,3 @@
 """Built-in attention backends; importing this package registers them."""
 
-from veil.attention.backends import reference, sdpa, tiles  # noqa: F401
+from veil.attention.backends import flex, reference, sdpa, tiles, varlen  # noqa: F401
