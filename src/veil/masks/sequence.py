@@ -21,7 +21,8 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def _check_lengths(name: str, lengths: object) -> Tensor:
     if isinstance(lengths, (list, tuple)):
-        lengths = torch.tensor(lengths, dtype=torch.long)
+        # no dtype= here: torch.tensor([1.5], dtype=torch.long) would silently truncate to 1
+        lengths = torch.tensor(lengths) if len(lengths) else torch.zeros(0, dtype=torch.long)
     if not isinstance(lengths, torch.Tensor):
         raise TypeError(f"{name}: expected an int tensor of shape [B], got {type(lengths).__name__}")
     if lengths.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
