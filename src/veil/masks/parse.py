@@ -22,7 +22,7 @@ _CONSTRUCTORS = {
     "key_padding": lambda lengths: sequence.key_padding(torch.tensor(lengths)),
     "query_padding": lambda lengths: sequence.query_padding(torch.tensor(lengths)),
     "packed": sequence.packed,
-    "prefix_lm": sequence.prefix_lm,
+    "prefix_lm": lambda n: sequence.prefix_lm(torch.tensor(n) if isinstance(n, (list, tuple)) else n),
     "chunked": sequence.chunked,
     "spatial": video.spatial,
     "temporal": video.temporal,
@@ -81,5 +81,5 @@ def _call(name: str, args: list, kwargs: dict, text: str, grid) -> Mask:
     kwargs = {k: tuple(v) if isinstance(v, list) and name in _VIDEO else v for k, v in kwargs.items()}
     try:
         return _CONSTRUCTORS[name](*args, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"mask expression {text!r}: {name}: {e}") from None
