@@ -265,6 +265,14 @@ class Packed(Document):
             )
         super().__init__(seqlens_to_ids(self.seqlens), seqlens_to_ids(self.kv_seqlens, "kv_seqlens"))
 
+    def validate(self, batch, heads, q_len, kv_len, device):
+        # name the user's argument (seqlens), not the ids derived from it
+        kv_name = "seqlens (used for the keys too)" if self.kv_seqlens is self.seqlens else "kv_seqlens"
+        for name, lengths, n, what in (("seqlens", self.seqlens, q_len, "Q"), (kv_name, self.kv_seqlens, kv_len, "K")):
+            if int(lengths.sum()) != n:
+                raise ValueError(f"{name}: expected lengths summing to {what}={n}, got {lengths.tolist()}")
+        super().validate(batch, heads, q_len, kv_len, device)
+
     def __repr__(self):
         if self.kv_seqlens is self.seqlens:
             return f"packed({self.seqlens.tolist()})"
