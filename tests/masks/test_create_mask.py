@@ -4,12 +4,15 @@
 evaluates the same predicate on broadcast index grids. The two must agree for every mask.
 """
 
+import warnings
+
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.nn.attention.flex_attention import create_mask
+from torch.nn.attention.flex_attention import create_mask, flex_attention
 
+import veil
 import veil.masks as M
 from tests.masks.strategies import compose, sequence_mask, video_mask
 
@@ -132,3 +135,21 @@ def test_block_mask_is_cached():
 def test_block_mask_of_a_batch_independent_mask_broadcasts():
     bm = M.causal().to_block_mask(3, 4, 8, 8, block_size=2)
     assert bm.to_dense().shape == (1, 1, 4, 4)
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        M.causal() & M.key_padding(torch.tensor([5, 8])),
+        M.sliding_window(3) | M.prefix_lm(2),
+        M.document(torch.tensor([[0, 0, 0, 1, 1, 1, 1, 2], [0, 1, 1, 1, 1, 1, 1, 1]])) & M.causal(),
+    ],
+    ids=repr,
+)
+def test_flex_attention_with_the_block_mask_matches_the_reference(mask):
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 8, 4, generator=g) for _ in range(3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # eager flex_attention warns that it is unfused; fine at this size
+        out = flex_attention(q, k, v, block_mask=mask.to_block_mask(2, 2, 8, 8, block_size=2))
+    torch.testing.assert_close(out, veil.attend(q, k, v, mask, backend="reference"))
