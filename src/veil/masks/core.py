@@ -259,10 +259,12 @@ class _Combine(Mask):
         return (self.left, self.right)
 
     def __repr__(self):
-        def wrap(m: Mask) -> str:
-            return f"({m!r})" if isinstance(m, _Combine) and m.symbol != self.symbol else repr(m)
-
-        return f"{wrap(self.left)} {self.symbol} {wrap(self.right)}"
+        # The parser reads ``a & b & c`` as ``(a & b) & c``: a right operand of the same operator keeps
+        # its parentheses so that parse(repr(m)) == m.
+        wrap_left = isinstance(self.left, _Combine) and self.left.symbol != self.symbol
+        left = f"({self.left!r})" if wrap_left else repr(self.left)
+        right = f"({self.right!r})" if isinstance(self.right, _Combine) else repr(self.right)
+        return f"{left} {self.symbol} {right}"
 
 
 class And(_Combine):

@@ -22,7 +22,7 @@ _CONSTRUCTORS = {
     "key_padding": lambda lengths: sequence.key_padding(torch.tensor(lengths)),
     "query_padding": lambda lengths: sequence.query_padding(torch.tensor(lengths)),
     "packed": sequence.packed,
-    "prefix_lm": sequence.prefix_lm,
+    "prefix_lm": lambda n: sequence.prefix_lm(torch.tensor(n) if isinstance(n, (list, tuple)) else n),
     "chunked": sequence.chunked,
     "spatial": video.spatial,
     "temporal": video.temporal,
@@ -31,6 +31,8 @@ _CONSTRUCTORS = {
     "tile_window": video.tile_window,
 }
 _VIDEO = {"spatial", "temporal", "frame_causal", "window_3d", "tile_window"}
+# the arguments a video constructor needs before its optional ones; ``grid`` is the first of them
+_VIDEO_ARGS = {"window_3d": ("grid", "window"), "tile_window": ("grid", "tile", "window")}
 
 
 def parse(text: str, *, grid: tuple[int, int, int] | None = None) -> Mask:
@@ -75,11 +77,13 @@ def _call(name: str, args: list, kwargs: dict, text: str, grid) -> Mask:
         known = ", ".join(sorted(_CONSTRUCTORS))
         raise ValueError(f"mask expression {text!r}: unknown mask {name!r}; known: {known}")
     if name in _VIDEO and grid is not None and "grid" not in kwargs:
-        if not args or not isinstance(args[0], (tuple, list)) or name in ("window_3d", "tile_window") and len(args) < 2:
+        needed = _VIDEO_ARGS.get(name, ("grid",))
+        given = len(args) + sum(1 for key in kwargs if key in needed)
+        if given < len(needed):  # the grid was left out
             args = [tuple(grid), *args]
     args = [tuple(a) if isinstance(a, list) and name in _VIDEO else a for a in args]
     kwargs = {k: tuple(v) if isinstance(v, list) and name in _VIDEO else v for k, v in kwargs.items()}
     try:
         return _CONSTRUCTORS[name](*args, **kwargs)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:
         raise ValueError(f"mask expression {text!r}: {name}: {e}") from None

@@ -21,7 +21,8 @@ def _check_int(name: str, value: object, minimum: int) -> int:
 
 def _check_lengths(name: str, lengths: object) -> Tensor:
     if isinstance(lengths, (list, tuple)):
-        lengths = torch.tensor(lengths, dtype=torch.long)
+        # no dtype= here: torch.tensor([1.5], dtype=torch.long) would silently truncate to 1
+        lengths = torch.tensor(lengths) if len(lengths) else torch.zeros(0, dtype=torch.long)
     if not isinstance(lengths, torch.Tensor):
         raise TypeError(f"{name}: expected an int tensor of shape [B], got {type(lengths).__name__}")
     if lengths.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8):
@@ -263,6 +264,14 @@ class Packed(Document):
                 f"kv_seqlens: expected {self.seqlens.numel()} sequences like seqlens, got {self.kv_seqlens.numel()}"
             )
         super().__init__(seqlens_to_ids(self.seqlens), seqlens_to_ids(self.kv_seqlens, "kv_seqlens"))
+
+    def validate(self, batch, heads, q_len, kv_len, device):
+        # name the user's argument (seqlens), not the ids derived from it
+        kv_name = "seqlens (used for the keys too)" if self.kv_seqlens is self.seqlens else "kv_seqlens"
+        for name, lengths, n, what in (("seqlens", self.seqlens, q_len, "Q"), (kv_name, self.kv_seqlens, kv_len, "K")):
+            if int(lengths.sum()) != n:
+                raise ValueError(f"{name}: expected lengths summing to {what}={n}, got {lengths.tolist()}")
+        super().validate(batch, heads, q_len, kv_len, device)
 
     def __repr__(self):
         if self.kv_seqlens is self.seqlens:
