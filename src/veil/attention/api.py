@@ -131,9 +131,12 @@ def select(call: Call, backend: str = "auto") -> Backend:
         be = get_backend(backend)
         why = be.why_not(call)
         if why is not None:
-            raise ValueError(f"backend: {backend!r} cannot run this call: it {why}")
+            raise ValueError(f"backend: {backend!r} cannot run this call ({why})")
         return be
     ranked, reasons = _rank(call)
+    if not ranked:
+        detail = "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items()))
+        raise ValueError(f"backend: no registered backend can run this call ({detail})")
     return ranked[0][1]
 
 
