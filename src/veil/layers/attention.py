@@ -215,8 +215,9 @@ class CrossAttention(_Projections):
         has_any: Tensor | None = None
         if context_lengths is not None:
             mask = M.key_padding(context_lengths)
-            if tuple(mask.lengths.shape) != (bsz,):
-                raise ValueError(f"context_lengths: expected shape [B] = [{bsz}], got {list(mask.lengths.shape)}")
+            if tuple(mask.lengths.shape) != (bsz,) or (bsz and int(mask.lengths.max()) > s):
+                raise ValueError(f"context_lengths: expected shape [B] = [{bsz}] with values in [0, S={s}], got "
+                                 f"{mask.lengths.tolist()}")
             has_any = mask.lengths.to(x.device) > 0
         if context_mask is not None:
             if context_mask.dtype != torch.bool or tuple(context_mask.shape) != (bsz, s):
