@@ -11,9 +11,9 @@ from veil.layers import Attention, KVCache, RotaryEmbedding
 DIM, HEADS, KV_HEADS, HEAD_DIM = 16, 4, 2, 4
 
 
-def _layer(seed=0):
+def _layer(seed=0, softcap=20.0):
     torch.manual_seed(seed)
-    return Attention(DIM, HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM, softcap=20.0)
+    return Attention(DIM, HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM, softcap=softcap)
 
 
 def _decode(attn, x, mask, cache, prefill, rope, key_valid=None, positions=None):
@@ -69,16 +69,17 @@ def test_static_cache_equals_full_forward():
         attn(x[:, :1], M.causal(), cache=cache, rope=rope)
 
 
+@pytest.mark.parametrize("backend", ["reference", "sdpa"])
 @pytest.mark.parametrize("window", [None, 3])
-def test_left_padded_batched_decoding_equals_each_sample_alone(window):
-    attn, rope = _layer(2), RotaryEmbedding(HEAD_DIM)
+def test_left_padded_batched_decoding_equals_each_sample_alone(window, backend):
+    attn, rope = _layer(2, softcap=None), RotaryEmbedding(HEAD_DIM)  # sdpa has no softcap
     lengths, n, prompt = [7, 4], 7, 5  # sample 1 has 3 pad tokens on the left
     pad = [n - ln for ln in lengths]
     x = torch.randn(2, n, DIM)
     valid = torch.arange(n)[None] >= torch.tensor(pad)[:, None]  # (B, n)
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # HF's position ids under left padding
     mask = M.causal() if window is None else M.causal() & M.sliding_window(window)
-    with veil.use_backend("reference"):
+    with veil.use_backend(backend):
         cache = KVCache(2, KV_HEADS, HEAD_DIM, max_len=n, window=window)
         got = _decode(attn, x, mask, cache, prompt, rope, key_valid=valid, positions=positions)
         for b in range(2):
@@ -103,3 +104,16 @@ def test_update_contract_and_errors():
         KVCache(1, 1, 2, 10, window=0)
     cache.reset()
     assert cache.length == 0 and cache.update(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).k.shape[2] == 2
+
+
+def test_key_valid_without_cache_equals_each_sample_alone():
+    attn, rope = _layer(3), RotaryEmbedding(HEAD_DIM)
+    x = torch.randn(2, 6, DIM)
+    valid = torch.tensor([[True] * 6, [False, False, True, True, True, True]])
+    positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
+    got = attn(x, M.causal(), positions=positions, rope=rope, key_valid=valid)
+    torch.testing.assert_close(got[1:, 2:], attn(x[1:, 2:], M.causal(), rope=rope), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[:1], attn(x[:1], M.causal(), rope=rope), rtol=1e-5, atol=1e-5)
+    # without the key mask the padded keys leak into sample 1
+    leaky = attn(x, M.causal(), positions=positions, rope=rope)
+    assert (leaky[1:, 2:] - got[1:, 2:]).abs().max() > 1e-3
