@@ -60,7 +60,7 @@ def test_demo_tiny_prints_pictures_writes_pngs_and_not_the_docs(capsys, tmp_path
     assert "#########...\n##########..\n###########.\n############" in out  # causal, Q=4 after 8 cached
     assert "| causal | 64 | sdpa (auto) |" in out
     assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == [
-        "mask_0_causal.png", "mask_1_and.png", "mask_2_tile_window.png"]
+        "causal_kv_cache.png", "sliding_window.png", "tile_window.png"]
     assert not (tmp_path / "docs").exists()
 
 

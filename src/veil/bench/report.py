@@ -12,7 +12,11 @@ import torch
 
 from veil.bench.attention import Config, Row
 
-NEW_DOC = "# Benchmarks\n\nWritten by `veil bench`; a run replaces its own section.\n"
+NEW_DOC = ("# Benchmarks\n\nWritten by `veil bench`; a run replaces its own section. Times on a machine shared with "
+           "other jobs are noisy: compare the ratios within one run, not the milliseconds across runs.\n")
+LEGEND = ("`x dense` = t(sdpa, no mask) / t(backend) on the same shapes, the dense runs interleaved with the "
+          "backend's; `ideal x` = 1 / density; `% of ideal` = x dense / ideal x. `peak MiB`: memory allocated by "
+          "the call beyond its inputs. `(auto)` marks the backend `attend(..., backend=\"auto\")` picks.")
 COLUMNS = ("mask", "tokens", "backend", "density", "ms (median)", "x dense", "ideal x", "% of ideal",
            "peak MiB", "max abs diff", "note")
 
@@ -24,17 +28,14 @@ def header() -> str:
 
 def format_row(row: Row) -> str:
     """One markdown table line; cells of a backend that did not run are empty and the note says why."""
-    def num(x: float | None, fmt: str) -> str:
-        return "" if x is None else format(x, fmt)
-
     def size(x: float | None) -> str:  # 3 significant digits without an exponent
         return "" if x is None else format(x, ".0f" if x >= 100 else ".1f" if x >= 10 else ".2f" if x >= 1 else ".3f")
 
     backend = f"{row.backend} (auto)" if row.auto else row.backend
     diff = "" if row.diff is None else f"{row.diff:.1e} vs {row.oracle}"
-    ideal = "" if row.backend == "sdpa, no mask" else num(row.ideal, ".2f")
+    ideal = "" if row.backend == "sdpa, no mask" else size(row.ideal)
     pct = "" if row.backend == "sdpa, no mask" else size(row.pct_ideal)
-    cells = (row.mask, row.tokens, backend, f"{row.density:.3f}", size(row.ms), num(row.speedup, ".2f"),
+    cells = (row.mask, row.tokens, backend, f"{row.density:.3f}", size(row.ms), size(row.speedup),
              ideal, pct, size(row.peak_mib), diff, row.note)
     return "| " + " | ".join(cells) + " |"
 
@@ -74,9 +75,7 @@ def section(name: str, title: str, rows: list[Row], cfg: Config, command: str) -
         f"Shapes: batch {cfg.batch}, {cfg.heads} heads, head dim {cfg.head_dim}, {cfg.dtype}, {what}; "
         f"median of {cfg.repeats} runs after {cfg.warmup} warm-up.",
         "",
-        "`x dense` = t(sdpa, no mask) / t(backend) on the same shapes; `ideal x` = 1 / density; "
-        "`% of ideal` = x dense / ideal x. `peak MiB`: memory allocated by the call beyond its inputs. "
-        "`(auto)` marks the backend `attend(..., backend=\"auto\")` picks.",
+        LEGEND,
         "",
         table(rows),
         f"<!-- /veil bench {name} -->",

@@ -12,13 +12,14 @@ from veil.bench import attention, report
 from veil.masks import parse
 from veil.masks.render import to_ascii, to_png
 
-# (title, expression, Q, K, grid)
+# (file name, title, expression, Q, K, grid)
 PICTURES = [
-    ("causal, a 4-token step after an 8-token KV cache (queries bottom-right aligned)", "causal", 4, 12, None),
-    ("causal & sliding_window(6): each query sees itself and the 5 keys before it", "causal & sliding_window(6)",
-     24, 24, None),
-    ("tile_window on a 2x4x8 video grid: tiles of 1x2x2 tokens, a window of 1x1x3 tiles; tokens in tile order "
-     "(each tile's 4 tokens contiguous, tiles in raster order)",
+    ("causal_kv_cache", "causal, a 4-token step after an 8-token KV cache (queries bottom-right aligned)",
+     "causal", 4, 12, None),
+    ("sliding_window", "causal & sliding_window(6): each query sees itself and the 5 keys before it",
+     "causal & sliding_window(6)", 24, 24, None),
+    ("tile_window", "tile_window on a 2x4x8 video grid: tiles of 1x2x2 tokens, a window of 1x1x3 tiles; tokens in "
+     "tile order (each tile's 4 tokens contiguous, tiles in raster order)",
      "tile_window(tile=(1, 2, 2), window=(1, 1, 3), order='tile')", 64, 64, (2, 4, 8)),
 ]
 
@@ -35,9 +36,9 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = pathlib.Path(args.out)
-    for i, (title, expr, q_len, kv_len, grid) in enumerate(PICTURES):
+    for name, title, expr, q_len, kv_len, grid in PICTURES:
         mask = parse(expr, grid=grid)
-        path = out / f"mask_{i}_{mask.kind}.png"
+        path = out / f"{name}.png"
         to_png(mask, path, q_len, kv_len)
         print(f"{title}\n  {mask!r}, Q={q_len} K={kv_len}, density {mask.density(1, 1, q_len, kv_len):.3f}, "
               f"PNG: {path}")
@@ -47,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cfg = attention.QUICK
     print("veil bench attention --quick (not written to docs/benchmarks.md):")
+    print(report.LEGEND + "\n")
     print(report.header(), flush=True)
     attention.run(cfg, on_row=lambda r: print(report.format_row(r), flush=True))
     return 0

@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     where = dict(batch=args.batch, sample=args.sample)
     print(f"{mask!r}  Q={q_len} K={kv_len}" + (f"  sample {args.sample} of {args.batch}" if args.batch > 1 else ""))
     print(to_ascii(mask, q_len, kv_len, max_size=args.size, **where))
-    print(f"density {mask.density(args.batch, 1, q_len, kv_len):.4f}")
+    over = f" over all {args.batch} samples" if args.batch > 1 else ""
+    print(f"density {mask.density(args.batch, 1, q_len, kv_len):.4f}{over}")
     if args.output:
         w, h = to_png(mask, args.output, q_len, kv_len, **where)
         print(f"wrote {args.output} ({w}x{h} px)")
