@@ -78,13 +78,13 @@ class Config:
             raise ValueError(f"warmup: expected an int >= 0, got {self.warmup}")
         if any(n < 1 for n in self.lengths):
             raise ValueError(f"lengths: expected positive ints, got {self.lengths}")
+        for expr in self.masks:
+            _grid_of(expr)  # a bad expression fails here, before anything runs
         if self.backends is not None:
+            known = [*list_backends(), NAIVE]
             for name in self.backends:
-                if name != NAIVE:
-                    get_backend(name)  # raises ValueError naming the registered ones
-
-
-QUICK = Config(lengths=(1024, 2048), grids=((4, 16, 16),), heads=4, repeats=3)
+                if name not in known:
+                    raise ValueError(f"backends: unknown backend {name!r}; expected some of {', '.join(known)}")
 
 
 @dataclass
@@ -266,6 +266,9 @@ def _run_case(cfg: Config, case: Case, backends: list[str]) -> Iterator[Row]:
 def _sync(dev: torch.device) -> None:
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
+
+
+QUICK = Config(lengths=(1024, 2048), grids=((4, 16, 16),), heads=4, repeats=3)
 
 
 def quick(**overrides) -> Config:
