@@ -19,8 +19,8 @@ def add_parser(sub) -> None:
                     "peak memory and max abs difference from the oracle, for every backend (and 'naive', the "
                     "masked_fill + softmax most model code writes) on each mask at each size.")
     d = attention.Config()
-    a.add_argument("--quick", action="store_true", help="lengths 1024 2048, grid 4x16x16, 4 heads, 3 repeats (about "
-                   "30 s on 2 CPU cores); other options override these")
+    a.add_argument("--quick", action="store_true", help="lengths 1024 2048, grid 4x16x16, 4 heads, 3 repeats (25 to "
+                   "40 s on 2 CPU cores); other options override these")
     a.add_argument("--lengths", type=int, nargs="+", help=f"sequence lengths (default {' '.join(map(str, d.lengths))})")
     a.add_argument("--grids", type=grid_arg, nargs="+", help="video grids TxHxW (default "
                    + " ".join("x".join(map(str, g)) for g in d.grids) + ")")
