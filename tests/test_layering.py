@@ -7,7 +7,7 @@ SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "veil"
 # rank of each subpackage; a module may import only from packages of lower or equal rank
 RANK = {
     "masks": 0, "attention": 1, "layers": 2, "models": 3, "data": 3, "text": 3,
-    "diffusion": 4, "pipelines": 4, "training": 5, "cli": 6,
+    "diffusion": 4, "pipelines": 4, "training": 5, "bench": 6, "cli": 6,
 }
 
 

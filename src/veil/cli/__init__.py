@@ -1,0 +1,1 @@
+"""``veil`` command line: thin commands that parse arguments and call the library."""

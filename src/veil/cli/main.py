@@ -1,0 +1,42 @@
+"""``veil``: the command-line entry point. Each subcommand lives in its own module and calls the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from veil import __version__
+from veil.cli import bench, demo, masks
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="veil",
+        description="veil: one exact, composable language of attention masks, lowered to the fastest correct "
+                    "kernel.",
+    )
+    parser.add_argument("--version", action="version", version=f"veil {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in (masks, bench, demo):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``veil`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
+
+    Bad input (a ValueError or TypeError raised by the library for the arguments given) ends with
+    ``veil: error: ...`` on stderr and status 2, like any argparse usage error.
+    """
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args.argv = argv
+    try:
+        return args.run(args) or 0
+    except (ValueError, TypeError) as e:
+        args.parser.error(str(e))  # exits with status 2
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
