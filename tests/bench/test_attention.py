@@ -42,7 +42,7 @@ def test_rows_ratios_and_a_backend_that_cannot_run(monkeypatch):
     assert sdpa.ideal == pytest.approx(1 / sdpa.density)
     assert sdpa.pct_ideal == pytest.approx(100 * sdpa.speedup * sdpa.density)
     assert sdpa.diff < 1e-5 and naive.diff < 1e-5 and sdpa.oracle == "reference"
-    assert only64_row.ms is None and only64_row.note == "cannot run: it does not take torch.float32"
+    assert only64_row.ms is None and only64_row.note == "cannot run: does not take torch.float32"
     assert "cannot run" in report.format_row(only64_row)
 
 

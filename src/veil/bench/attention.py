@@ -174,9 +174,18 @@ def naive_attention(q, k, v, mask: Mask | None, scale: float):
     return torch.matmul(scores.softmax(-1), v)  # (B, H, L, D)
 
 
+def default_backends(device: str) -> list[str]:
+    """Every registered backend and ``naive``; on CPU not ``flex``, which compiles a kernel per mask there
+    (seconds each, past torch's recompile limit an eager fallback) and is never what ``auto`` runs on CPU."""
+    names = [*list_backends(), NAIVE]
+    if torch.device(device).type == "cpu":
+        names.remove("flex")
+    return names
+
+
 def run(cfg: Config, on_row: Callable[[Row], None] | None = None) -> list[Row]:
     """Run every case on every backend; ``on_row`` sees each row as soon as it is measured."""
-    backends = list(cfg.backends) if cfg.backends is not None else [*list_backends(), NAIVE]
+    backends = list(cfg.backends) if cfg.backends is not None else default_backends(cfg.device)
     rows: list[Row] = []
     for case in cases(cfg):
         for row in _run_case(cfg, case, backends):
@@ -250,7 +259,7 @@ def _run_case(cfg: Config, case: Case, backends: list[str]) -> Iterator[Row]:
             else:
                 why = get_backend(name).why_not(call)
                 if why is not None:
-                    row.note = f"cannot run: it {why}"
+                    row.note = f"cannot run: {why}"
                     yield row
                     continue
                 fn = lambda name=name: attend(q, k, v, case.mask, backend=name)  # noqa: E731

@@ -27,7 +27,8 @@ def add_parser(sub) -> None:
     a.add_argument("--masks", nargs="+", help="mask expressions; video masks may leave out the grid; bare "
                    "'key_padding' = second half of the keys padded, bare 'tile_window' = quarter-axis tiles, 3-tile "
                    f"window (default: {' '.join(repr(m) for m in d.masks)})")
-    a.add_argument("--backends", nargs="+", help="registered backends and/or 'naive' (default: all of them)")
+    a.add_argument("--backends", nargs="+",
+                   help="registered backends and/or 'naive' (default: all of them, except flex on CPU)")
     a.add_argument("--dtype", choices=list(attention.DTYPES), help=f"default {d.dtype}")
     a.add_argument("--device", help=f"torch device (default {d.device})")
     a.add_argument("--batch", type=int, help=f"default {d.batch}")
