@@ -47,9 +47,10 @@ def _variant(model: WanDiT, **changes) -> WanDiT:
     return other
 
 
-def test_matches_diffusers_with_wan_text_padding():
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_matches_diffusers_with_wan_text_padding(backend):
     theirs = _diffusers()
-    ours = WanDiT.from_diffusers(theirs, mask_text_padding=False).eval()
+    ours = WanDiT.from_diffusers(theirs, mask_text_padding=False, backend=backend).eval()
     x, t, context, lengths = _inputs()
     with torch.no_grad():
         want = theirs(x, t, context, return_dict=False)[0]
@@ -163,9 +164,16 @@ def test_factorised_and_causal_patterns_against_smaller_videos():
             assert (causal[:, :, :f] - causal_model(x[:, :, :f], t, context, lengths)).abs().max() <= 1e-5
         assert (causal[:, :, :1] - full(x[:, :, :1], t, context, lengths)).abs().max() <= 1e-5
         assert (causal[:, :, 1:] - full(x, t, context, lengths)[:, :, 1:]).abs().max() > 1e-3
-        # a window one frame long with the whole frame is spatial; mixed per layer, order kept
-        box = AttentionPattern(kind="window_3d", window=(1, 9, 9))
-        assert (_variant(full, attention=box)(x, t, context, lengths) - spatial).abs().max() <= 1e-5
+        # the article's local temporal window: one frame is spatial, five frames (of three) are full
+        one = AttentionPattern.temporal_window(1)
+        assert (_variant(full, attention=one)(x, t, context, lengths) - spatial).abs().max() <= 1e-5
+        dense = full(x, t, context, lengths)
+        five = AttentionPattern.temporal_window(5)
+        assert (_variant(full, attention=five)(x, t, context, lengths) - dense).abs().max() <= 1e-5
+        three = _variant(full, attention=AttentionPattern.temporal_window(3))(x, t, context, lengths)
+        # frame 0 sees frames 0-1 only: equal to neither full nor spatial
+        assert (three - spatial).abs().max() > 1e-3 and (three - dense).abs().max() > 1e-3
+        # mixed per layer
         mixed = _variant(full, attention=("spatial", "temporal"))(x, t, context, lengths)
     assert (mixed - spatial).abs().max() > 1e-3 and (mixed - temporal).abs().max() > 1e-3
 
@@ -219,6 +227,7 @@ def test_timestep_experts_keep_only_the_active_expert():
     with torch.no_grad():  # mixed batch: the resident (low) expert runs first, then one swap
         experts(x, torch.tensor([990.0, 10.0]), context)
     assert experts.swaps == 3 and experts.resident == "high"
+    assert experts.config is high.config  # samplers read the architecture from the denoiser
 
 
 def test_moe_layers_surface_aux_losses():

@@ -28,7 +28,8 @@ class TimestepExperts(nn.Module):
     to ``offload_device`` (CPU) before it, so at most one expert's weights sit on the accelerator. A sampler
     switches once (high then low), so a run costs one move; in a mixed batch the resident expert runs first.
     ``swaps`` counts the moves and ``resident`` names the expert on the device. On a CPU-only machine the
-    moves are CPU -> CPU (no memory is saved; the bookkeeping is the same).
+    moves are CPU -> CPU (no memory is saved; the bookkeeping is the same). Place the experts yourself or let
+    the first call do it: ``TimestepExperts.to(device)`` moves both, as for any module.
 
     Args:
         high_noise_model: the expert for ``t >= boundary * num_train_timesteps``.
@@ -63,6 +64,11 @@ class TimestepExperts(nn.Module):
         self.keep_active_only = bool(keep_active_only)
         self.resident: Expert | None = None
         self.swaps = 0
+
+    @property
+    def config(self):
+        """The high-noise expert's ``config`` (both experts share an architecture), for samplers that read it."""
+        return getattr(self.high_noise_model, "config", None)
 
     @property
     def threshold(self) -> float:

@@ -17,6 +17,7 @@ PatternKind = Literal["full", "window_3d", "tile_window", "spatial", "temporal",
 FeedForwardKind = Literal["dense", "moe"]
 _KINDS = ("full", "window_3d", "tile_window", "spatial", "temporal", "frame_causal")
 _UNSTRUCTURED = ("full", "spatial", "temporal", "frame_causal")
+_WHOLE = 2**31 - 1  # a window_3d extent covering any grid (odd, as window_3d requires)
 
 
 def _positive_int(name: str, value: object) -> int:
@@ -70,6 +71,11 @@ class AttentionPattern:
         if self.kind == "tile_window":
             object.__setattr__(self, "window", _triple("window", self.window))
             object.__setattr__(self, "tile", _triple("tile", self.tile))
+
+    @classmethod
+    def temporal_window(cls, frames: int) -> AttentionPattern:
+        """The Wan article's local temporal window: ``frames`` frames (odd) centred on the query, whole frames."""
+        return cls(kind="window_3d", window=(frames, _WHOLE, _WHOLE))
 
     def mask(self, grid: tuple[int, int, int], tile_order: bool = False) -> M.Mask | None:
         """The mask over a patch ``grid`` (None for ``"full"``); ``tile_order``: tokens are in tile order."""
