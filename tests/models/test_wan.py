@@ -93,6 +93,8 @@ def test_from_diffusers_shares_or_copies_weights():
         WanDiT.from_diffusers(theirs, ffn_dim=32)
     with pytest.raises(TypeError, match="model"):
         WanDiT.from_diffusers(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="image-to-video"):
+        WanDiT.from_diffusers(WanTransformer3DModel(**TINY, image_dim=8, added_kv_proj_dim=8))
 
 
 def test_masked_text_padding_equals_each_sample_unpadded():

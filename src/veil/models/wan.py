@@ -323,6 +323,9 @@ class WanDiT(nn.Module):
         with torch.device("meta"):
             ours = cls(config)
         ours.load_state_dict(state, strict=True, assign=True)
+        left = [n for n, v in (*ours.named_parameters(), *ours.named_buffers()) if v.is_meta]
+        if left:  # a tensor the checkpoint did not provide would stay on meta: never hand that out
+            raise RuntimeError(f"from_diffusers: tensors without a value after loading: {left}")
         return ours
 
 
