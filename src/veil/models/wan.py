@@ -267,7 +267,7 @@ class WanDiT(nn.Module):
             raise ValueError(f"context: expected [B, S, {cfg.text_dim}] with B={bsz}, got {got}")
         if not cfg.mask_text_padding:
             context_lengths = context_mask = None
-        emb, e6 = self.embed_time(timestep.to(x.device) if isinstance(timestep, torch.Tensor) else timestep, bsz, n)
+        emb, e6 = self.embed_time(torch.as_tensor(timestep, device=tokens.device), bsz, n)
         text = self.text_embedding(context.to(tokens.dtype))  # (B, S, E)
         lay = self.layout(grid, tokens.device)
         if lay.tile is not None:
