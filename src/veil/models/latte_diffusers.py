@@ -48,8 +48,7 @@ def config_from_diffusers(dc: Mapping[str, Any], **overrides: Any) -> LatteConfi
         mlp_ratio=4.0, feed_forward=_ACTIVATIONS[act], qkv_bias=dc.get("attention_bias", False),
         norm_affine=dc.get("norm_elementwise_affine", True), norm_eps=dc.get("norm_eps", 1e-5),
         conditioning="adaln_single", text_dim=dc["caption_channels"] if cross is not None else None,
-        interpolation_scale=float(max(dc["sample_size"] // 64, 1)),
-    )
+    )  # interpolation_scale: LatteConfig's default is diffusers' max(sample_size // 64, 1)
     return LatteConfig(**{**fields, **overrides})
 
 
