@@ -54,6 +54,16 @@ def test_matches_diffusers(activation_fn, temporal):
     assert (got - want).abs().max() <= 1e-4
 
 
+def test_matches_diffusers_on_another_latent_size():
+    ref = _diffusers_latte()
+    ours = LatteDiT.from_diffusers(ref).eval()
+    x, t, text = torch.randn(1, 4, 4, 12, 8), torch.tensor([250.0]), torch.randn(1, 3, 16)  # trained on 8 x 8
+    with torch.no_grad():
+        want = ref(x, timestep=t, encoder_hidden_states=text).sample
+        got = ours(x, t, encoder_hidden_states=text)
+    assert (got - want).abs().max() <= 1e-4
+
+
 def test_matches_diffusers_without_cross_attention():
     ref = _diffusers_latte(cross_attention_dim=None)
     ours = LatteDiT.from_diffusers(ref).eval()

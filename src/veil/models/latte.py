@@ -155,10 +155,8 @@ class LatteDiT(nn.Module):
         self.config = cfg = config
         d, p = cfg.hidden_size, cfg.patch_size
         self.patch_embed = nn.Conv2d(cfg.in_channels, d, kernel_size=p, stride=p)
-        g = cfg.input_size // p
-        self.register_buffer("spatial_table", sincos_2d(d, (g, g), base_size=g,
-                                                        interpolation_scale=cfg.spatial_interpolation_scale),
-                             persistent=False)  # (P, D)
+        # frozen sin-cos tables, float32 whatever the weights' dtype (not buffers: .to(bfloat16) would round them)
+        self._spatial_tables: dict[tuple[int, int, torch.device], Tensor] = {}
         self.t_embedder = TimestepEmbedding(d, 256)
         self.t_block = nn.Linear(d, 6 * d) if cfg.conditioning == "adaln_single" else None
         self.y_embedder = LabelEmbedding(cfg.num_classes, d, cfg.class_dropout_prob) if cfg.num_classes else None
@@ -221,16 +219,22 @@ class LatteDiT(nn.Module):
         h, w = hh // p, ww // p
         frames = x.permute(0, 2, 1, 3, 4).reshape(b * t, c, hh, ww)  # (B*T, C, H, W)
         tokens = self.patch_embed(frames).flatten(2).transpose(1, 2)  # (B*T, P, D)
-        tokens = (tokens + self._spatial_table(h, w).to(tokens.device)).to(tokens.dtype)
+        tokens = (tokens + self.spatial_table(h, w, tokens.device)).to(tokens.dtype)
         return tokens.reshape(b, t * h * w, -1), (t, h, w)  # (B, L, D)
 
-    def _spatial_table(self, h: int, w: int) -> Tensor:
-        g = self.config.input_size // self.config.patch_size
-        if (h, w) == (g, g):
-            return self.spatial_table
-        # another size: the same table evaluated on the trained range (diffusers' PatchEmbed does the same)
-        return sincos_2d(self.config.hidden_size, (h, w), base_size=g,
-                         interpolation_scale=self.config.spatial_interpolation_scale)
+    def spatial_table(self, h: int, w: int, device: torch.device | str = "cpu") -> Tensor:
+        """The frozen 2D sin-cos table of an ``(h, w)`` patch grid: float32 ``[h*w, D]``.
+
+        Grids other than the trained one are evaluated on the trained range (``base_size``), as diffusers'
+        ``PatchEmbed`` does.
+        """
+        key = (h, w, torch.device(device))
+        if key not in self._spatial_tables:
+            cfg = self.config
+            table = sincos_2d(cfg.hidden_size, (h, w), base_size=cfg.input_size // cfg.patch_size,
+                              interpolation_scale=cfg.spatial_interpolation_scale)
+            self._spatial_tables[key] = table.to(key[2])
+        return self._spatial_tables[key]
 
     def temporal_table(self, frame_valid: Tensor) -> Tensor:
         """The temporal table per sample: ``frame_valid`` bool ``[B, T]`` -> float32 ``[B, T, D]``.
