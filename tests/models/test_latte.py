@@ -228,6 +228,31 @@ def test_label_dropout_uses_the_null_class():
         model(x, t, torch.tensor([3, 11]), text)
 
 
+def test_pooled_text_condition():
+    model = _randomized(_tiny(num_classes=0, text_dim=None, pooled_text_dim=6))
+    t, pooled = torch.tensor([5.0, 900.0]), torch.randn(2, 6)
+    with torch.no_grad():
+        c, c_final = model.condition(t, 2, pooled_text=pooled)
+        want = model.t_embedder(t) + model.pooled_text_proj(torch.nn.functional.silu(pooled))
+        torch.testing.assert_close(c, want, rtol=0, atol=0)
+        x = torch.randn(2, 4, 4, 8, 8)
+        a, b = model(x, t, pooled_text=pooled), model(x, t, pooled_text=torch.randn(2, 6))
+    assert (a - b).abs().max() > 1e-3 and c_final is c
+    with pytest.raises(ValueError, match="pooled_text"):
+        model(x, t)
+    with pytest.raises(ValueError, match="encoder_hidden_states"):
+        model(x, t, encoder_hidden_states=torch.randn(2, 3, 12), pooled_text=pooled)
+
+
+def test_image_mode_has_no_frame_limit():
+    model = _randomized(_tiny())
+    x, t, y, text = torch.randn(1, 4, 12, 8, 8), torch.tensor([3.0]), torch.tensor([1]), torch.randn(1, 2, 12)
+    with torch.no_grad():
+        out = model(x, t, y, text, temporal_attention=False)
+        one = model(x[:, :, 5:6], t, y, text, temporal_attention=False)
+    torch.testing.assert_close(out[:, :, 5:6], one, rtol=0, atol=1e-5)  # frames are independent images
+
+
 def test_presets_and_config_validation():
     # the Latte paper's Latte-XL: 673.7M parameters (without a label table; the frozen tables are buffers)
     with torch.device("meta"):

@@ -304,8 +304,9 @@ class LatteDiT(nn.Module):
         """
         b, _, d = tokens.shape
         t, h, w = grid
-        valid = frame_valid if frame_valid is not None else torch.ones(b, t, dtype=torch.bool, device=tokens.device)
-        table = self.temporal_table(valid.to(tokens.device))  # (B, T, D)
+        if temporal_attention:  # image mode (no temporal blocks) has no frame limit
+            valid = frame_valid if frame_valid is not None else torch.ones(b, t, dtype=torch.bool)
+            table = self.temporal_table(valid.to(tokens.device))  # (B, T, D)
         spatial = M.spatial(grid)
         temporal = M.temporal(grid)
         if frame_valid is not None and not bool(frame_valid.all()):
