@@ -268,6 +268,7 @@ class LatteDiT(nn.Module):
         cfg = self.config
         if not isinstance(timestep, torch.Tensor):
             timestep = torch.tensor(timestep, device=self.proj_out.weight.device)
+        timestep = timestep.to(self.proj_out.weight.device)
         if timestep.dim() == 0:
             timestep = timestep.expand(batch)
         if tuple(timestep.shape) != (batch,):
@@ -317,7 +318,7 @@ class LatteDiT(nn.Module):
             if not temporal_attention:
                 continue
             if i == 0:
-                x = (x.view(b, t, h * w, d) + table[:, :, None].to(x.dtype)).view(b, t * h * w, d)
+                x = (x.reshape(b, t, h * w, d) + table[:, :, None].to(x.dtype)).reshape(b, t * h * w, d)
             x = self.blocks[i + 1](x, c, temporal)
         return x
 
