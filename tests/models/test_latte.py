@@ -62,6 +62,13 @@ def test_matches_diffusers_on_another_latent_size():
         want = ref(x, timestep=t, encoder_hidden_states=text).sample
         got = ours(x, t, encoder_hidden_states=text)
     assert (got - want).abs().max() <= 1e-4
+    # diffusers' temporal table is fixed to video_length; ours is that table at 4 frames and goes to max_frames
+    longer = LatteDiT.from_diffusers(ref, max_frames=8).eval()
+    torch.testing.assert_close(longer.temporal_table(torch.ones(1, 4, dtype=torch.bool)), ref.temp_pos_embed,
+                               rtol=0, atol=0)
+    with torch.no_grad():
+        out = longer(torch.randn(1, 4, 6, 8, 8), t, encoder_hidden_states=text)
+    assert out.shape == (1, 8, 6, 8, 8) and torch.isfinite(out).all()
 
 
 def test_matches_diffusers_without_cross_attention():
