@@ -324,6 +324,39 @@ def _sliding_fast(q, k, v, m: SlidingWindow, scale: float, bq: int):
     return torch.stack(outs, dim=0)  # (B, H, Q, Dv)
 
 
+def _fold_spatial(m: Spatial, x: Tensor) -> tuple[Tensor, object]:
+    t, hw = m.grid[0], m.grid[1] * m.grid[2]
+    return x.unflatten(1, (t, hw)).transpose(0, 1), lambda o: o.transpose(0, 1).flatten(1, 2)  # (T, H, HW, D)
+
+
+def _fold_temporal(m: Temporal, x: Tensor) -> tuple[Tensor, object]:
+    t, hw = m.grid[0], m.grid[1] * m.grid[2]
+    return x.unflatten(1, (t, hw)).permute(2, 0, 1, 3), lambda o: o.permute(1, 2, 0, 3).flatten(1, 2)  # (HW, H, T, D)
+
+
+def _fold_chunked(m: Chunked, x: Tensor) -> tuple[Tensor, object]:
+    return x.unflatten(1, (-1, m.size)).transpose(0, 1), lambda o: o.transpose(0, 1).flatten(1, 2)  # (n, H, size, D)
+
+
+# Masks whose blocks are regular strided views of the sequence: no gather, no mask, one SDPA call per sample.
+_FOLDS = {Spatial: _fold_spatial, Temporal: _fold_temporal, Chunked: _fold_chunked}
+
+
+def _fold_attention(q, k, v, mask, fold, scale, softcap):
+    """Attention inside blocks that are strided views (frames, positions across frames, chunks)."""
+    outs = []
+    for bi in range(q.shape[0]):
+        qb, unfold = fold(mask, q[bi])  # (nb, H, bq, D)
+        kb, _ = fold(mask, k[bi])
+        vb, _ = fold(mask, v[bi])
+        if softcap is not None:
+            ob = math_attention(qb, kb, vb, None, scale, softcap)
+        else:
+            ob = sdpa_attention(qb, kb, vb, None, scale)
+        outs.append(unfold(ob))  # (H, Q, Dv)
+    return torch.stack(outs, dim=0)
+
+
 def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = None):
     """The backend function; ``group_bytes`` overrides the per-group memory budget (tests)."""
     b, h, q_len, _ = q.shape
@@ -333,23 +366,9 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
         raise ValueError(f"mask: backend 'tiles' needs a local mask (sliding_window, spatial, ...), got {mask!r}")
     if isinstance(mask, SlidingWindow) and softcap is None:
         return _sliding_fast(q, k, v, mask, scale, plan.bq)
-    if isinstance(mask, Temporal):
-        # frames are strided views: (B, H, T, HW, D) -> (B, HW, H, T, D), no gather at all
-        t, hw = mask.grid[0], mask.grid[1] * mask.grid[2]
-
-        if q.shape[1] == k.shape[1]:
-            # no GQA: the positions axis can stand where math_attention expects heads (1:1 pairing)
-            def view(x):
-                return x.unflatten(2, (t, hw)).transpose(2, 3)  # (B, H, HW, T, D)
-
-            out = math_attention(view(q), view(k), view(v), None, scale, softcap)
-            return out.transpose(2, 3).flatten(2, 3)
-
-        def view_gqa(x):
-            return x.unflatten(2, (t, hw)).permute(0, 3, 1, 2, 4)  # (B, HW, H, T, D)
-
-        out = math_attention(view_gqa(q), view_gqa(k), view_gqa(v), None, scale, softcap)
-        return out.permute(0, 2, 3, 1, 4).flatten(2, 3)
+    fold = _FOLDS.get(type(mask))
+    if fold is not None and plan.exact:
+        return _fold_attention(q, k, v, mask, fold, scale, softcap)
     dev = q.device
     contiguous_q = plan.q_index is None
     nb, bq = plan.num_blocks, plan.bq
