@@ -1,0 +1,164 @@
+"""Key/value caches for autoregressive decoding: static (global layers) and ring buffer (sliding-window layers).
+
+Legend: B batch, Hkv key/value heads, S cache slots, L new tokens, K keys returned to attention, D head dim.
+
+Contract with the attention layer. :meth:`KVCache.update` takes the new keys/values, stores them, and
+returns the keys to attend over **in chronological order** (oldest first, the new tokens last), their
+absolute positions and a per-sample validity. veil masks align queries bottom-right (query ``i`` sits at
+absolute position ``i + K - Q``), and the returned keys are consecutive absolute positions ending at the
+last new token, so ``causal()`` and ``sliding_window(w)`` written for these shapes are exact, even after
+the ring buffer wraps. Left padding is carried in ``valid`` (``[B, K]``, False = a pad token): the layer
+adds ``veil.masks.key_mask(valid)``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+Tensor = torch.Tensor
+
+
+class CacheView(NamedTuple):
+    """What attention sees after an update.
+
+    Attributes:
+        k, v: ``[B, Hkv, K, D]`` in chronological order, the ``L`` new tokens last.
+        positions: ``[K]`` absolute positions of those keys (consecutive).
+        valid: ``[B, K]`` bool, False for keys written as padding.
+        has_padding: False when every key ever written was valid (the layer may skip the key mask).
+    """
+
+    k: Tensor
+    v: Tensor
+    positions: Tensor
+    valid: Tensor
+    has_padding: bool
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
+    return value
+
+
+class KVCache(nn.Module):
+    """Preallocated key/value buffers for one attention layer (registered, so ``.to()`` moves them).
+
+    With ``window=None`` the cache is static: ``max_len`` slots, token ``p`` in slot ``p``. With a
+    ``window`` it is a ring buffer of ``window`` slots, token ``p`` in slot ``p % window``: memory stays
+    O(window) however long the generation runs, and a sliding-window layer (which keeps keys
+    ``qa - window < k <= qa``) never needs an older key.
+
+    Args:
+        batch: B.
+        kv_heads: Hkv.
+        head_dim: D (keys and values).
+        max_len: the longest sequence the cache will see (static mode: the number of slots; ring mode:
+            only checked).
+        window: ring buffer size, or None for a static cache.
+        dtype, device: of the buffers.
+
+    Raises:
+        ValueError: a size is not a positive int.
+    """
+
+    def __init__(self, batch: int, kv_heads: int, head_dim: int, max_len: int, *, window: int | None = None,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+        super().__init__()
+        self.batch = _check_int("batch", batch, 1)
+        _check_int("kv_heads", kv_heads, 1)
+        _check_int("head_dim", head_dim, 1)
+        self.max_len = _check_int("max_len", max_len, 1)
+        self.window = None if window is None else _check_int("window", window, 1)
+        slots = max_len if window is None else min(window, max_len)
+        self.slots = slots
+        self.register_buffer("k", torch.zeros(batch, kv_heads, slots, head_dim, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("v", torch.zeros(batch, kv_heads, slots, head_dim, dtype=dtype, device=device),
+                             persistent=False)
+        self.register_buffer("slot_positions", torch.full((slots,), -1, dtype=torch.long, device=device),
+                             persistent=False)
+        self.register_buffer("valid", torch.zeros(batch, slots, dtype=torch.bool, device=device), persistent=False)
+        self.length = 0
+        self.has_padding = False
+
+    @property
+    def is_ring(self) -> bool:
+        return self.window is not None
+
+    def reset(self) -> None:
+        """Forget every token (buffers are kept)."""
+        self.length = 0
+        self.has_padding = False
+        self.slot_positions.fill_(-1)
+        self.valid.zero_()
+
+    def _chronological(self) -> Tensor:
+        # slots of the cached tokens, oldest first
+        n = min(self.length, self.slots)
+        start = self.length - n
+        return (torch.arange(start, self.length, device=self.k.device)) % self.slots
+
+    def update(self, k: Tensor, v: Tensor, valid: Tensor | None = None) -> CacheView:
+        """Append ``L`` new tokens and return the keys attention should see.
+
+        Args:
+            k, v: ``[B, Hkv, L, D]``, already rotated (RoPE is applied before caching).
+            valid: ``[B, L]`` bool, False for padding tokens (left padding in batched generation); None = all valid.
+
+        Returns:
+            a :class:`CacheView`. Static cache: every token so far. Ring: the cached window (up to ``window``
+            older tokens) followed by the ``L`` new ones, so a prefill longer than the window still attends
+            exactly; only the last ``window`` tokens are kept afterwards.
+
+        Raises:
+            ValueError: shapes disagree with the buffers, or the static cache would overflow ``max_len``.
+        """
+        b, h, n_new, d = k.shape if k.dim() == 4 else (None,) * 4
+        if k.dim() != 4 or (b, h, d) != (self.batch, self.k.shape[1], self.k.shape[3]) or v.shape != k.shape:
+            raise ValueError(f"k, v: expected [B, Hkv, L, D] = [{self.batch}, {self.k.shape[1]}, L, {self.k.shape[3]}]"
+                             f", got k {list(k.shape)}, v {list(v.shape)}")
+        if valid is None:
+            valid = torch.ones(b, n_new, dtype=torch.bool, device=k.device)
+        else:
+            if valid.dtype != torch.bool or tuple(valid.shape) != (b, n_new):
+                raise ValueError(f"valid: expected a bool tensor [B, L] = [{b}, {n_new}], got "
+                                 f"{valid.dtype} {list(valid.shape)}")
+            self.has_padding = self.has_padding or not bool(valid.all())
+        if self.length + n_new > self.max_len:
+            raise ValueError(f"k: the cache holds at most max_len={self.max_len} tokens, got {self.length} cached "
+                             f"+ {n_new} new")
+        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
+        new_pos = torch.arange(self.length, self.length + n_new, device=self.k.device)
+        if not self.is_ring:
+            end = self.length + n_new
+            self.k[:, :, self.length:end] = k
+            self.v[:, :, self.length:end] = v
+            self.valid[:, self.length:end] = valid
+            self.slot_positions[self.length:end] = new_pos
+            self.length = end
+            return CacheView(self.k[:, :, :end], self.v[:, :, :end], self.slot_positions[:end],
+                             self.valid[:, :end], self.has_padding)
+        old = self._chronological()  # (n_old,)
+        out = CacheView(
+            torch.cat([self.k[:, :, old], k], dim=2),  # (B, Hkv, n_old + L, D)
+            torch.cat([self.v[:, :, old], v], dim=2),
+            torch.cat([self.slot_positions[old], new_pos]),
+            torch.cat([self.valid[:, old], valid], dim=1),
+            self.has_padding,
+        )
+        keep = min(n_new, self.slots)  # only the last `slots` new tokens survive
+        slots = new_pos[n_new - keep:] % self.slots
+        self.k[:, :, slots] = k[:, :, n_new - keep:]
+        self.v[:, :, slots] = v[:, :, n_new - keep:]
+        self.valid[:, slots] = valid[:, n_new - keep:]
+        self.slot_positions[slots] = new_pos[n_new - keep:]
+        self.length += n_new
+        return out
+
+    def extra_repr(self) -> str:
+        kind = f"ring window={self.window}" if self.is_ring else f"static max_len={self.max_len}"
+        return f"{kind}, batch={self.batch}, kv_heads={self.k.shape[1]}, head_dim={self.k.shape[3]}"
