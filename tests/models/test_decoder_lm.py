@@ -108,6 +108,28 @@ def test_cached_decoding_matches_hf_full_forward(family, prefill):
     assert (got - want).abs().max() <= 1e-4
 
 
+@torch.no_grad()
+def test_sdpa_backend_and_bf16():
+    import veil
+
+    hf = _gemma3()  # no attention softcap: SDPA can run every layer
+    ours = DecoderLM.from_transformers(hf)
+    ids = torch.randint(0, V, (2, N), generator=torch.Generator().manual_seed(3))
+    want = hf(ids).logits
+    with veil.use_backend("sdpa"):
+        cache = ours.new_cache(2, N)
+        got = torch.cat([ours(ids[:, :12], cache=cache)] + [ours(ids[:, t:t + 1], cache=cache) for t in range(12, N)],
+                        dim=1)
+        assert (ours(ids) - want).abs().max() <= 1e-4
+    assert (got - want).abs().max() <= 1e-4
+    fp32_freq = ours.rope["global"].inv_freq.clone()
+    ours.to(torch.bfloat16)
+    assert ours.embed.weight.dtype == torch.bfloat16 and ours.rope["global"].inv_freq.dtype == torch.float32
+    assert torch.equal(ours.rope["global"].inv_freq, fp32_freq)
+    assert ours.new_cache(1, 8).layers[0].k.dtype == torch.bfloat16
+    assert (ours(ids).float() - want).abs().max() < 1.0  # bf16 runs, roughly right
+
+
 def _left_padded(lengths, n, seed=4):
     ids = torch.randint(1, V, (len(lengths), n), generator=torch.Generator().manual_seed(seed))
     mask = torch.zeros(len(lengths), n, dtype=torch.long)

@@ -292,6 +292,17 @@ class DecoderLM(nn.Module):
         self.cond = None if c.cond_dim is None else InAttentionCondition(c.dim, c.cond_dim, c.cond_placement)
         nn.init.normal_(self.embed.weight, std=0.02)
 
+    def _apply(self, fn, recurse=True):
+        # RoPE frequencies stay float32 whatever dtype the model is cast to (``.to(torch.bfloat16)`` would round
+        # them and shift every angle); HF computes its inv_freq in float32 too.
+        super()._apply(fn, recurse)
+        c = self.config
+        for name, (base, scaling) in (("global", (c.rope_base, c.rope_scaling)), ("local", (c.rope_base_local, 1.0))):
+            old = self.rope[name].inv_freq
+            if old.dtype != torch.float32:
+                self.rope[name].inv_freq = _rotary(c.head_dim, base, scaling).inv_freq.to(old.device)
+        return self
+
     @classmethod
     def from_transformers(cls, model: nn.Module) -> DecoderLM:
         """A DecoderLM with the weights of a Hugging Face ``Gemma2ForCausalLM`` or ``Gemma3ForCausalLM``.
