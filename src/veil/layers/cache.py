@@ -107,7 +107,9 @@ class KVCache(nn.Module):
 
         Args:
             k, v: ``[B, Hkv, L, D]``, already rotated (RoPE is applied before caching).
-            valid: ``[B, L]`` bool, False for padding tokens (left padding in batched generation); None = all valid.
+            valid: ``[B, L]`` bool, False for padding tokens (left padding in batched generation); None = all
+                valid. A given ``valid`` costs one host sync (to track ``has_padding``): pass None on decode
+                steps that add no padding.
 
         Returns:
             a :class:`CacheView`. Static cache: every token so far. Ring: the cached window (up to ``window``
