@@ -174,6 +174,24 @@ def test_batched_greedy_generation_equals_each_prompt_alone_and_hf(family):
     assert torch.equal(theirs[:, 9:], out[:, 9:])
 
 
+@torch.no_grad()
+def test_generation_stops_at_eos_and_pads_finished_samples():
+    ours = DecoderLM.from_transformers(_gemma2(layers=2))
+    ids, mask = _left_padded([6, 4], 6, seed=6)
+    free = ours.generate(ids, mask, max_new_tokens=12)[:, 6:]
+    eos = int(free[0, 2])  # sample 0 ends at its third new token
+    out = ours.generate(ids, mask, max_new_tokens=12, eos_token_id=eos, pad_token_id=5)[:, 6:]
+    for b in range(2):
+        hits = (free[b] == eos).nonzero()
+        end = int(hits[0]) + 1 if len(hits) else free.shape[1]
+        assert torch.equal(out[b, :end], free[b, :end])
+        assert (out[b, end:] == 5).all()
+    assert out.shape[1] == 12  # sample 1 never produced eos: generation ran to the end
+    # a batch whose every sample finished stops there
+    alone = ours.generate(ids[1:, 2:], max_new_tokens=12, eos_token_id=int(free[1, 1]))
+    assert torch.equal(alone[0, 4:], free[1, :2])
+
+
 def test_local_cache_memory_is_flat_in_the_context_length():
     config = DecoderConfig.preset("tiny-gemma2", max_seq_len=8192)
     ours = DecoderLM(config)
@@ -251,5 +269,7 @@ def test_bad_inputs():
         ours(ids, in_attn_cond=torch.zeros(2, 64))
     with pytest.raises(ValueError, match="cache"):
         ours(ids, cache=ours.new_cache(3, 16))
+    with pytest.raises(ValueError, match="pad_token_id"):
+        ours.generate(ids, max_new_tokens=2, pad_token_id=-1)
     with pytest.raises(ValueError, match="temperature"):
         ours.generate(ids, max_new_tokens=2, do_sample=True, temperature=0.0)

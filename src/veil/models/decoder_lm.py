@@ -441,8 +441,9 @@ class DecoderLM(nn.Module):
             do_sample: sample (with ``temperature``, ``top_k``, ``top_p``; see :mod:`veil.models.sampling`)
                 instead of greedy argmax.
             generator: random generator for sampling; or ``seed`` to make one.
-            eos_token_id: a sample that produced it gets ``pad_token_id`` afterwards; generation stops when every
-                sample has.
+            eos_token_id: a sample that produced it gets ``pad_token_id`` afterwards (and is fed it); generation
+                stops when every sample has.
+            pad_token_id: a token id of the vocabulary.
             in_attn_cond: the condition ``[B, C]`` when ``config.cond_dim`` is set.
 
         Returns:
@@ -453,6 +454,10 @@ class DecoderLM(nn.Module):
         """
         _positive_int("max_new_tokens", max_new_tokens)
         check_sampling(temperature, top_k, top_p)
+        if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) \
+                or not 0 <= pad_token_id < self.config.vocab_size:
+            raise ValueError(f"pad_token_id: expected a token id in [0, {self.config.vocab_size}), got "
+                             f"{pad_token_id!r}")
         valid = self._valid(input_ids, attention_mask)
         if valid is not None and bool((valid[:, 1:] < valid[:, :-1]).any()):
             raise ValueError("attention_mask: expected left padding (zeros, then ones, in every row), got a 0 after "
