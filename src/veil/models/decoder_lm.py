@@ -338,9 +338,7 @@ class DecoderLM(nn.Module):
             rel = (valid.long().cumsum(dim=1) - 1).clamp(min=0)  # (B, L)
         if cache is None:
             return rel if valid is not None else rel[0]
-        pos = cache.next_position[:, None] + rel  # (B, L)
-        cache.next_position += n if valid is None else valid.sum(dim=1)
-        return pos
+        return cache.next_position[:, None] + rel  # (B, L)
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, cache: LMCache | None = None,
                       in_attn_cond: Tensor | None = None) -> Tensor:
@@ -379,6 +377,8 @@ class DecoderLM(nn.Module):
         tables = {t: self.rope[t](positions, dtype=x.dtype) for t in set(self.config.layer_types)}
         for i, layer in enumerate(self.layers):
             x = layer(x, tables[layer.layer_type], valid, None if cache is None else cache.layers[i], cond)
+        if cache is not None:
+            cache.next_position += n if valid is None else valid.sum(dim=1)
         return self.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
