@@ -178,10 +178,24 @@ class Mask:
         return Not(self)
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Mask) and type(self) is type(other) and self._key() == other._key()
+        if self is other:
+            return True
+        return isinstance(other, Mask) and type(self) is type(other) and self._identity() == other._identity()
 
     def __hash__(self) -> int:
-        return hash((type(self).__name__, self._key()))
+        ident = self._identity()
+        cached = self.__dict__.get("_hash")
+        if cached is None:
+            cached = self.__dict__["_hash"] = hash((type(self).__name__, ident))
+        return cached
+
+    def _identity(self) -> tuple:
+        # Masks are immutable after construction: the identity (tensors read back by value) is computed once,
+        # so the backends' plan and block-mask caches cost a dict lookup per call, not a host copy.
+        ident = self.__dict__.get("_ident")
+        if ident is None:
+            ident = self.__dict__["_ident"] = self._key()
+        return ident
 
     def _key(self) -> tuple:
         """A hashable identity (tensors by value)."""
