@@ -7,11 +7,20 @@ K key length, D head dim, Dv value head dim.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
 
-from veil.attention.registry import _REGISTRY, Backend, Call, _ensure_loaded, active_backend, get_backend
+from veil.attention.registry import (
+    _REGISTRY,
+    Backend,
+    Call,
+    _ensure_loaded,
+    active_backend,
+    get_backend,
+    registry_version,
+)
 from veil.masks import Mask
 
 Tensor = torch.Tensor
@@ -90,6 +99,11 @@ def validate(q, k, v, mask, scale, softcap) -> float:
     return float(scale)
 
 
+# auto's choice per call signature (shapes, dtype, device, grad mode, mask, softcap): costs are pure
+# functions of it, so decoding loops pay one dict lookup instead of costing every backend at each step.
+_CHOICES: OrderedDict[tuple[int, Call], Backend] = OrderedDict()
+
+
 @dataclass
 class Choice:
     """What ``auto`` picked for a call, and why each backend was or was not a candidate."""
@@ -133,10 +147,18 @@ def select(call: Call, backend: str = "auto") -> Backend:
         if why is not None:
             raise ValueError(f"backend: {backend!r} cannot run this call ({why})")
         return be
+    key = (registry_version(), call)
+    hit = _CHOICES.get(key)
+    if hit is not None:
+        _CHOICES.move_to_end(key)
+        return hit
     ranked, reasons = _rank(call)
     if not ranked:
         detail = "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items()))
         raise ValueError(f"backend: no registered backend can run this call ({detail})")
+    _CHOICES[key] = ranked[0][1]
+    while len(_CHOICES) > 512:
+        _CHOICES.popitem(last=False)
     return ranked[0][1]
 
 

@@ -79,13 +79,21 @@ class Backend:
 
 
 _REGISTRY: dict[str, Backend] = {}
+_VERSION = 0
 _ACTIVE: contextvars.ContextVar[str | None] = contextvars.ContextVar("veil_attention_backend", default=None)
 
 
 def register_backend(backend: Backend) -> Backend:
     """Add (or replace) a backend in the registry."""
+    global _VERSION
     _REGISTRY[backend.name] = backend
+    _VERSION += 1  # choices cached by `auto` were made without it
     return backend
+
+
+def registry_version() -> int:
+    """Changes whenever a backend is registered or replaced."""
+    return _VERSION
 
 
 def get_backend(name: str) -> Backend:
