@@ -175,6 +175,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay is not None else None
         self.step = 0
+        self.skipped_steps = 0
         self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
         self.checkpoint_dir = self.out_dir / "checkpoints" if self.out_dir is not None else None
         self.resumed_from: Path | None = None
@@ -256,15 +257,22 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else math.inf))
+        finite = math.isfinite(grad_norm)
         if self.scaler is not None:
-            self.scaler.step(self.optimizer)
+            self.scaler.step(self.optimizer)  # skips the update itself when the gradients overflowed
             self.scaler.update()
-        else:
+        elif finite:
             self.optimizer.step()
-        if self.ema is not None:
+        else:
+            # one bad batch (or a kernel bug: see the bf16 test) must not turn every weight into NaN
+            self.skipped_steps += 1
+            warnings.warn(f"step {self.step + 1}: non-finite gradient norm ({grad_norm}); the update is skipped",
+                          RuntimeWarning, stacklevel=2)
+        if self.ema is not None and (finite or self.scaler is not None):
             self.ema.update(self.model)
         self.step += 1
-        out = {"step": self.step, "loss": total / cfg.grad_accum, "lr": lr, "grad_norm": grad_norm}
+        out = {"step": self.step, "loss": total / cfg.grad_accum, "lr": lr, "grad_norm": grad_norm,
+               "skipped": not finite}
         if self.scaler is not None:
             out["loss_scale"] = float(self.scaler.get_scale())
         return out
