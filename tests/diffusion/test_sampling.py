@@ -148,6 +148,17 @@ def test_expert_index_conventions():
         expert_index(Bad(), 1.0)
 
 
+def test_sampling_runs_in_eval_mode_and_restores_the_mode():
+    torch.manual_seed(0)
+    model = TinyDenoiser(dropout=0.5)
+    ctx, lengths, _ = _prompts()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    kw = dict(guidance_scale=1.0, steps=3, latents=noise, progress=False)
+    a = sample(model, FlowMatchEulerDiscreteScheduler(), SHAPE, ctx, lengths, **kw)
+    b = sample(model, FlowMatchEulerDiscreteScheduler(), SHAPE, ctx, lengths, **kw)
+    assert torch.equal(a, b) and model.training  # no dropout inside, train mode again after
+
+
 def test_errors_name_the_argument():
     model = TinyDenoiser()
     ctx, lengths, neg = _prompts()

@@ -59,6 +59,41 @@ def test_resumed_run_has_the_losses_of_an_uninterrupted_one(tmp_path):
     assert all(m["samples_per_s"] > 0 and {"lr", "grad_norm", "time"} <= m.keys() for m in lines)
 
 
+def test_resume_drops_metrics_past_the_checkpoint_and_warns_on_changed_config(tmp_path):
+    data = _dataset()
+    Trainer(_model(), FlowMatching(), data, _config(out_dir=str(tmp_path), steps=2)).train()
+    metrics = tmp_path / "metrics.jsonl"
+    # a crash after logging step 3 but before its checkpoint, mid-way through writing step 4
+    metrics.write_text(metrics.read_text() + json.dumps({"step": 3, "loss": 9.0}) + "\n" + '{"step": 4, "lo')
+    with pytest.warns(RuntimeWarning, match=r"another configuration \(lr: 0.003 -> 0.001\)"):
+        t = Trainer(_model(), FlowMatching(), data, _config(out_dir=str(tmp_path), steps=3, lr=1e-3, resume="auto"))
+    t.train()
+    steps = [json.loads(line)["step"] for line in metrics.read_text().splitlines()]
+    assert steps == [1, 2, 3] and json.loads(metrics.read_text().splitlines()[-1])["loss"] != 9.0
+
+
+def test_tensorboard_scalars_when_it_imports(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    written = []
+
+    class Writer:
+        def __init__(self, log_dir):
+            written.append(("dir", log_dir))
+
+        def add_scalar(self, tag, value, step):
+            written.append((tag, step))
+
+        def close(self):
+            written.append(("closed", None))
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=Writer))
+    Trainer(_model(), FlowMatching(), _dataset(), _config(out_dir=str(tmp_path), steps=2, tensorboard=True)).train()
+    assert written[0] == ("dir", str(tmp_path / "tb")) and written[-1] == ("closed", None)
+    assert ("train/loss", 1) in written and ("train/loss", 2) in written and ("train/samples_per_s", 2) in written
+
+
 def test_resume_errors_name_the_file(tmp_path):
     data = _dataset()
     Trainer(_model(), FlowMatching(), data, _config(out_dir=str(tmp_path), steps=2)).train()

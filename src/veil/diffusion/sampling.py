@@ -93,8 +93,27 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
             got = list(latents.shape) if isinstance(latents, Tensor) else type(latents).__name__
             raise ValueError(f"latents: expected a tensor {[b, c, t, h, w]}, got {got}")
         noise = latents.to(device, torch.float32)
-    anchor_noise = noise[:, :, anchors.indices] if anchors is not None else None  # (B, C, K, H, W)
 
+    was_training = isinstance(model, torch.nn.Module) and model.training
+    if was_training:
+        model.eval()  # no dropout while sampling; the mode is restored below
+    try:
+        x = _integrate(model, scheduler, steps, noise, ctx, ctx_lengths, anchors, scales, given_pair, guided,
+                       generator, progress, kwargs)
+    finally:
+        if was_training:
+            model.train()
+    if anchors is not None:
+        x = anchors.apply(x, anchors.clean.to(x))
+    return x
+
+
+def _integrate(model: Any, scheduler: Any, steps: int, noise: Tensor, ctx: Tensor, ctx_lengths: Tensor,
+               anchors: Keyframes | None, scales: tuple[float, float], given_pair: bool, guided: bool,
+               generator: torch.Generator | None, progress: bool, kwargs: dict[str, Any]) -> Tensor:
+    # the scheduler loop of sample(); ctx holds the conditional rows, then the unconditional ones when guided
+    b, device = noise.shape[0], noise.device
+    anchor_noise = noise[:, :, anchors.indices] if anchors is not None else None  # (B, C, K, H, W)
     scheduler.set_timesteps(steps, device=device)
     if hasattr(scheduler, "set_begin_index"):
         # add_noise / scale_noise then use the current step's noise level (diffusers' inpainting convention)
@@ -117,9 +136,6 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
             cond, uncond = pred.chunk(2)
             pred = uncond + g * (cond - uncond)
         x = scheduler.step(pred, timestep, x, return_dict=False, **step_kwargs)[0].float()
-
-    if anchors is not None:
-        x = anchors.apply(x, anchors.clean.to(x))
     return x
 
 

@@ -63,6 +63,8 @@ class TrainConfig:
         out_dir: where ``metrics.jsonl``, ``checkpoints/`` and ``tb/`` go (None: nothing is written).
         resume: "auto" (the latest checkpoint in ``out_dir/checkpoints``, if any), a checkpoint path, or None.
         progress: show a tqdm bar; ``tensorboard``: also write TensorBoard events when it imports.
+        deterministic: ``torch.use_deterministic_algorithms(True)`` (process-wide) so that a resumed GPU run
+            also repeats its losses (CUDA may then need ``CUBLAS_WORKSPACE_CONFIG=:4096:8``).
 
     Raises:
         ValueError: a field out of range.
@@ -89,6 +91,7 @@ class TrainConfig:
     resume: str | None = None
     progress: bool = True
     tensorboard: bool = True
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -111,6 +114,15 @@ class TrainConfig:
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
+
+
+# fields that change the losses of the remaining steps when they differ between a run and its resumption
+_REPEATABLE = ("batch_size", "lr", "weight_decay", "betas", "eps", "warmup_steps", "grad_clip", "grad_accum",
+               "text_dropout", "ema_decay", "ema_warmup", "precision", "seed")
+
+
+def _plain(v: Any) -> Any:
+    return list(v) if isinstance(v, tuple) else v
 
 
 def seed_everything(seed: int) -> None:
@@ -166,6 +178,8 @@ class Trainer:
         self.collate = collate
         self.empty_context = empty_context
         self.autocast = _autocast(config.precision, self.device)
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
         seed_everything(config.seed)
         self.sampler = SeededSampler(len(dataset), config.seed)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
@@ -216,6 +230,13 @@ class Trainer:
             raise ValueError(f"checkpoint {str(path)!r}: cannot restore the data order ({e})") from e
         self.step = ckpt.step
         self.resumed_from = Path(path)
+        now = dataclasses.asdict(self.config)
+        changed = sorted(k for k in _REPEATABLE if ckpt.config is not None and k in ckpt.config and
+                         _plain(ckpt.config[k]) != _plain(now[k]))
+        if changed:
+            diff = ", ".join(f"{k}: {ckpt.config[k]!r} -> {now[k]!r}" for k in changed)
+            warnings.warn(f"resuming {str(path)!r} with another configuration ({diff}): the run will not repeat "
+                          "an uninterrupted one", RuntimeWarning, stacklevel=2)
 
     # --- one step ------------------------------------------------------------------------------------------
 
@@ -291,6 +312,7 @@ class Trainer:
         metrics_file = writer = None
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._drop_metrics_after(self.step)
             metrics_file = open(self.out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed below)
             if cfg.tensorboard:
                 try:
@@ -332,6 +354,24 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return losses
+
+
+    def _drop_metrics_after(self, step: int) -> None:
+        # records a crashed run wrote past its last checkpoint would otherwise appear twice after resuming
+        path = self.out_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by the crash
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if kept != lines:
+            path.write_text("".join(kept))
 
 
 def train(model: nn.Module, objective: Objective, dataset: Sequence[Mapping[str, Any]], config: TrainConfig,
