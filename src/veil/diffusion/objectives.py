@@ -1,0 +1,265 @@
+"""Training objectives: flow matching (Wan, rectified flow) and DDPM epsilon / v-prediction (Latte).
+
+Legend: B batch, C latent channels, T frames, H W latent height and width, L text tokens, Dt text width.
+
+Each objective turns clean latents ``x0`` [B, C, T, H, W] into one training example ``(x_t, timestep, target)``
+and scores a denoiser's prediction against the target with a mean squared error. Timesteps are on the 0..1000
+scale of the denoiser protocol (see :mod:`veil.diffusion`): ``sigma * 1000`` for flow matching, the integer
+DDPM step (as a float) for the DDPM objectives. The DDPM noising and the v target come from diffusers'
+``DDPMScheduler`` (``add_noise``, ``get_velocity``) so that training and diffusers' samplers share one schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Literal, Protocol
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DDPMObjective",
+    "FlowMatching",
+    "Objective",
+    "TrainingExample",
+    "ddpm_loss",
+    "flow_matching_loss",
+    "prediction_for",
+    "shift_sigma",
+]
+
+
+def shift_sigma(sigma: Tensor | float, shift: float) -> Tensor | float:
+    """Shift noise levels towards 1: ``sigma' = s * sigma / (1 + (s - 1) * sigma)``.
+
+    The same map as diffusers' ``FlowMatchEulerDiscreteScheduler(shift=s)`` and Wan's ``sample_shift``
+    (SD3, https://arxiv.org/abs/2403.03206, section 5.3.2). ``s = 1`` is the identity; ``s > 1`` spends more
+    steps at high noise, which large video latents need.
+
+    Args:
+        sigma: noise levels in [0, 1] (tensor or float).
+        shift: s > 0.
+
+    Raises:
+        ValueError: ``shift`` is not positive.
+    """
+    if not shift > 0:
+        raise ValueError(f"shift: expected a positive number, got {shift!r}")
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+@dataclasses.dataclass
+class TrainingExample:
+    """One noised batch: the denoiser input ``x_t``, its ``timestep`` [B] (0..1000 float) and the ``target``."""
+
+    x_t: Tensor
+    timestep: Tensor
+    target: Tensor
+
+
+def prediction_for(prediction: Tensor, x: Tensor) -> Tensor:
+    """The part of a denoiser output that predicts the target.
+
+    A model with a learned variance (DiT / Latte ``learn_sigma``) returns 2C channels: the first C are the
+    prediction, the second C the variance, which these objectives do not train (no variational bound term) and
+    which samplers drop, as diffusers' ``LattePipeline`` does.
+
+    Raises:
+        ValueError: the prediction's shape is neither ``x``'s nor ``x``'s with twice the channels.
+    """
+    if prediction.shape == x.shape:
+        return prediction
+    if prediction.dim() == x.dim() and prediction.shape[1] == 2 * x.shape[1] and \
+            prediction.shape[2:] == x.shape[2:] and prediction.shape[0] == x.shape[0]:
+        return prediction[:, : x.shape[1]]
+    raise ValueError(f"model output: expected shape {list(x.shape)} (or twice the channels for a learned "
+                     f"variance), got {list(prediction.shape)}")
+
+
+class Objective(Protocol):
+    """What a training loop needs from an objective."""
+
+    def example(self, x0: Tensor, *, generator: torch.Generator | None = None) -> TrainingExample: ...
+
+    def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
+             generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor: ...
+
+
+def _check_x0(x0: Tensor) -> None:
+    if not isinstance(x0, Tensor) or not x0.is_floating_point() or x0.dim() != 5:
+        got = f"{x0.dtype} {list(x0.shape)}" if isinstance(x0, Tensor) else type(x0).__name__
+        raise ValueError(f"x0: expected a float tensor [B, C, T, H, W], got {got}")
+
+
+def _randn(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -> Tensor:
+    # drawn on the generator's device (CPU by default) and moved: the same numbers on every device
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=torch.float32).to(like.device, like.dtype)
+
+
+def _rand(n: int, generator: torch.Generator | None) -> Tensor:
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    return torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
+
+
+def _mse(model: Any, ex: TrainingExample, context: Tensor, context_lengths: Tensor | None,
+         model_kwargs: dict[str, Any]) -> Tensor:
+    pred = model(ex.x_t, ex.timestep, context, context_lengths, **model_kwargs)
+    pred = prediction_for(pred, ex.x_t)
+    # the loss in fp32 whatever the autocast dtype of the prediction
+    return torch.mean((pred.float() - ex.target.float()) ** 2)
+
+
+@dataclasses.dataclass(kw_only=True)
+class FlowMatching:
+    """Flow matching / rectified flow as trained by Wan: ``x_t = (1 - sigma) x0 + sigma noise``.
+
+    The denoiser predicts the velocity ``noise - x0`` at ``timestep = sigma * 1000``. Sample with diffusers'
+    ``FlowMatchEulerDiscreteScheduler(shift=...)`` or ``UniPCMultistepScheduler(use_flow_sigmas=True,
+    prediction_type="flow_prediction", flow_shift=...)``.
+
+    Attributes:
+        shift: sigma shift ``s`` applied to the drawn sigma (:func:`shift_sigma`); 1 = none.
+        sampling: how the unshifted sigma is drawn: ``"uniform"`` on [0, 1], or ``"logit_normal"``
+            (``sigmoid(N(mean, std))``, SD3's choice).
+        logit_mean, logit_std: parameters of ``"logit_normal"``.
+
+    Raises:
+        ValueError: a field out of range.
+    """
+
+    shift: float = 1.0
+    sampling: Literal["uniform", "logit_normal"] = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.shift > 0:
+            raise ValueError(f"shift: expected a positive number, got {self.shift!r}")
+        if self.sampling not in ("uniform", "logit_normal"):
+            raise ValueError(f"sampling: expected 'uniform' or 'logit_normal', got {self.sampling!r}")
+        if not self.logit_std > 0:
+            raise ValueError(f"logit_std: expected a positive number, got {self.logit_std!r}")
+
+    def sample_sigma(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` shifted noise levels in [0, 1], float32 on the generator's device."""
+        u = _rand(n, generator)
+        if self.sampling == "logit_normal":
+            # inverse-CDF of the normal keeps one uniform draw per sample, whatever the sampling
+            z = self.logit_mean + self.logit_std * math.sqrt(2) * torch.erfinv(2 * u.clamp(1e-7, 1 - 1e-7) - 1)
+            u = torch.sigmoid(z)
+        return shift_sigma(u, self.shift).float()
+
+    def noise(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
+        """``(1 - sigma) x0 + sigma noise`` with ``sigma`` [B] broadcast over [C, T, H, W]."""
+        s = sigma.to(x0.device, x0.dtype).view(-1, *([1] * (x0.dim() - 1)))  # (B, 1, 1, 1, 1)
+        return (1 - s) * x0 + s * noise
+
+    def example(self, x0: Tensor, *, generator: torch.Generator | None = None,
+                sigma: Tensor | None = None, noise: Tensor | None = None) -> TrainingExample:
+        """A noised batch with target ``noise - x0`` and ``timestep = sigma * 1000``.
+
+        Args:
+            x0: clean latents [B, C, T, H, W] float.
+            generator: draws sigma (first) and the noise (second).
+            sigma: [B] noise levels to use instead of drawing them (already shifted).
+            noise: noise to use instead of drawing it, shaped like ``x0``.
+
+        Raises:
+            ValueError: ``x0`` is not a 5-D float tensor.
+        """
+        _check_x0(x0)
+        if sigma is None:
+            sigma = self.sample_sigma(x0.shape[0], generator=generator)
+        if noise is None:
+            noise = _randn(x0.shape, generator, x0)
+        sigma = sigma.to(x0.device, torch.float32)
+        return TrainingExample(self.noise(x0, noise, sigma), sigma * 1000.0, noise - x0)
+
+    def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
+             generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+        """Mean squared error between ``model(x_t, sigma * 1000, context, context_lengths)`` and ``noise - x0``."""
+        return _mse(model, self.example(x0, generator=generator), context, context_lengths, model_kwargs)
+
+
+@dataclasses.dataclass(kw_only=True)
+class DDPMObjective:
+    """DDPM noising with epsilon or v targets, as trained by Latte (epsilon, linear betas 1e-4..0.02).
+
+    The schedule is a diffusers ``DDPMScheduler`` built from these fields (``self.scheduler``); its
+    ``add_noise`` makes ``x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise`` and ``get_velocity`` the v target
+    ``sqrt(abar_t) noise - sqrt(1 - abar_t) x0`` (https://arxiv.org/abs/2202.00512). Sample with a
+    ``DDIMScheduler`` / ``DDPMScheduler`` of the same betas and ``prediction_type``.
+
+    Attributes:
+        prediction_type: ``"epsilon"`` or ``"v_prediction"``.
+        num_train_timesteps, beta_schedule, beta_start, beta_end: the diffusers schedule.
+
+    Raises:
+        ValueError: a field out of range.
+    """
+
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "linear"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type: expected 'epsilon' or 'v_prediction', got {self.prediction_type!r}")
+        if not (isinstance(self.num_train_timesteps, int) and self.num_train_timesteps > 0):
+            raise ValueError(f"num_train_timesteps: expected a positive int, got {self.num_train_timesteps!r}")
+        from diffusers import DDPMScheduler
+
+        self.scheduler = DDPMScheduler(num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule,
+                                       beta_start=self.beta_start, beta_end=self.beta_end,
+                                       prediction_type=self.prediction_type)
+
+    def sample_timesteps(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` integer timesteps uniform in [0, num_train_timesteps), int64 on the generator's device."""
+        u = _rand(n, generator)
+        return (u * self.num_train_timesteps).long().clamp_(max=self.num_train_timesteps - 1)
+
+    def example(self, x0: Tensor, *, generator: torch.Generator | None = None,
+                timesteps: Tensor | None = None, noise: Tensor | None = None) -> TrainingExample:
+        """A noised batch with the epsilon or v target.
+
+        Args:
+            x0: clean latents [B, C, T, H, W] float.
+            generator: draws the timesteps (first) and the noise (second).
+            timesteps: [B] int64 steps to use instead of drawing them.
+            noise: noise to use instead of drawing it, shaped like ``x0``.
+
+        Raises:
+            ValueError: ``x0`` is not a 5-D float tensor.
+        """
+        _check_x0(x0)
+        if timesteps is None:
+            timesteps = self.sample_timesteps(x0.shape[0], generator=generator)
+        if noise is None:
+            noise = _randn(x0.shape, generator, x0)
+        timesteps = timesteps.to(x0.device)
+        x_t = self.scheduler.add_noise(x0, noise, timesteps)
+        target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, timesteps)
+        return TrainingExample(x_t, timesteps.float(), target)
+
+    def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
+             generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+        """Mean squared error between the model's prediction (first C channels) and the epsilon / v target."""
+        return _mse(model, self.example(x0, generator=generator), context, context_lengths, model_kwargs)
+
+
+def flow_matching_loss(model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
+                       shift: float = 1.0, generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+    """:meth:`FlowMatching.loss` with uniform sigma and the given ``shift``."""
+    return FlowMatching(shift=shift).loss(model, x0, context, context_lengths, generator=generator, **model_kwargs)
+
+
+def ddpm_loss(model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
+              prediction_type: Literal["epsilon", "v_prediction"] = "epsilon",
+              generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+    """:meth:`DDPMObjective.loss` with Latte's linear schedule and the given ``prediction_type``."""
+    return DDPMObjective(prediction_type=prediction_type).loss(model, x0, context, context_lengths,
+                                                               generator=generator, **model_kwargs)

@@ -1,0 +1,138 @@
+"""Objectives: the shift against diffusers, noising and targets against hand-computed schedules, losses."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
+
+from tests.diffusion.nets import PointDenoiser, TinyDenoiser
+from veil.diffusion import DDPMObjective, FlowMatching, ddpm_loss, flow_matching_loss, shift_sigma
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0, 5.0, 0.5])
+def test_shift_matches_diffusers_flow_match_euler(shift):
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+    unshifted = torch.linspace(1, 1000, 1000).flip(0) / 1000
+    torch.testing.assert_close(shift_sigma(unshifted, shift), sched.sigmas, rtol=1e-6, atol=1e-7)
+    sched.set_timesteps(7)
+    # diffusers spaces the inference sigmas between its (already shifted) sigma_max and sigma_min, then shifts
+    inference = torch.linspace(1.0, float(shift_sigma(torch.tensor(0.001), shift)), 7)
+    torch.testing.assert_close(shift_sigma(inference, shift), sched.sigmas[:-1], rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(sched.timesteps, sched.sigmas[:-1] * 1000)
+
+
+def test_shift_literal_values():
+    assert shift_sigma(0.5, 3.0) == pytest.approx(0.75)  # 3 * 0.5 / (1 + 2 * 0.5)
+    assert shift_sigma(0.25, 5.0) == pytest.approx(1.25 / 2.0)
+    assert shift_sigma(0.0, 5.0) == 0.0 and shift_sigma(1.0, 5.0) == 1.0
+    with pytest.raises(ValueError, match="shift"):
+        shift_sigma(0.5, 0.0)
+
+
+def test_flow_matching_example_literal():
+    x0 = torch.full((2, 1, 1, 1, 2), 1.0)
+    noise = torch.full((2, 1, 1, 1, 2), 3.0)
+    ex = FlowMatching().example(x0, sigma=torch.tensor([0.25, 1.0]), noise=noise)
+    assert ex.x_t[0].flatten().tolist() == [1.5, 1.5]  # 0.75 * 1 + 0.25 * 3
+    assert ex.x_t[1].flatten().tolist() == [3.0, 3.0]
+    assert ex.target.flatten().tolist() == [2.0] * 4  # noise - x0
+    assert ex.timestep.tolist() == [250.0, 1000.0]
+
+
+def test_flow_matching_sigma_draws_are_shifted_and_seeded():
+    u = torch.rand(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    got = FlowMatching(shift=3.0).sample_sigma(4096, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(got, (3 * u / (1 + 2 * u)).float())
+    ln = FlowMatching(sampling="logit_normal", logit_mean=0.0, logit_std=1.0).sample_sigma(
+        20000, generator=torch.Generator().manual_seed(1))
+    # sigmoid(N(0, 1)): median 0.5, P(sigma < sigmoid(1)) = Phi(1) = 0.8413
+    assert abs(ln.median().item() - 0.5) < 0.02
+    assert abs((ln < torch.sigmoid(torch.tensor(1.0))).double().mean().item() - 0.8413) < 0.01
+
+
+def _linear_abar() -> np.ndarray:
+    betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
+    return np.cumprod(1 - betas)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_ddpm_noising_and_targets_match_hand_computed_schedule(prediction_type):
+    abar = _linear_abar()
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(3, 2, 2, 2, 2, generator=g)
+    noise = torch.randn(3, 2, 2, 2, 2, generator=g)
+    t = torch.tensor([0, 499, 999])
+    ex = DDPMObjective(prediction_type=prediction_type).example(x0, timesteps=t, noise=noise)
+    a = torch.from_numpy(abar[t.numpy()]).view(-1, 1, 1, 1, 1)
+    want_xt = a.sqrt() * x0.double() + (1 - a).sqrt() * noise.double()
+    torch.testing.assert_close(ex.x_t.double(), want_xt, rtol=1e-5, atol=1e-5)
+    want = noise.double() if prediction_type == "epsilon" else a.sqrt() * noise.double() - (1 - a).sqrt() * x0.double()
+    torch.testing.assert_close(ex.target.double(), want, rtol=1e-5, atol=1e-5)
+    assert ex.timestep.dtype == torch.float32 and ex.timestep.tolist() == [0.0, 499.0, 999.0]
+    # the same schedule as diffusers' sampler-side DDPMScheduler
+    torch.testing.assert_close(DDPMScheduler().alphas_cumprod.double(), torch.from_numpy(abar), rtol=1e-5, atol=0)
+
+
+def test_ddpm_timesteps_cover_the_range():
+    t = DDPMObjective().sample_timesteps(5000, generator=torch.Generator().manual_seed(0))
+    assert t.dtype == torch.long and int(t.min()) >= 0 and int(t.max()) <= 999
+    assert int(t.min()) < 10 and int(t.max()) > 990
+
+
+@pytest.mark.parametrize("kind", ["flow", "epsilon", "v_prediction"])
+def test_exact_denoiser_has_zero_loss_and_others_do_not(kind):
+    # data = one point per prompt: the exact prediction makes the loss vanish for its own objective only
+    torch.manual_seed(0)
+    objective = FlowMatching(shift=2.0) if kind == "flow" else DDPMObjective(prediction_type=kind)
+    abar = objective.scheduler.alphas_cumprod if kind != "flow" else None
+    model = PointDenoiser(kind, alphas_cumprod=abar)
+    ctx = torch.randn(4, 5, 8)
+    lengths = torch.tensor([5, 3, 1, 2])
+    with torch.no_grad():
+        x0 = model.x0(ctx, lengths, torch.empty(4, 4, 2, 3, 3))
+        loss = objective.loss(model, x0, ctx, lengths, generator=torch.Generator().manual_seed(0))
+        assert loss.item() < 1e-6
+        # the wrong lengths make the exact model predict another point
+        wrong = objective.loss(model, x0, ctx, None, generator=torch.Generator().manual_seed(0))
+        assert wrong.item() > 1e-3
+    # the exact model of another objective is wrong for this one
+    other_kind = {"flow": "epsilon", "epsilon": "v_prediction", "v_prediction": "flow"}[kind]
+    other = PointDenoiser(other_kind, alphas_cumprod=DDPMObjective().scheduler.alphas_cumprod)
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        assert objective.loss(other, x0, ctx, lengths, generator=torch.Generator().manual_seed(0)).item() > 1e-2
+
+
+def test_loss_is_the_mse_of_the_drawn_example_and_learned_sigma_is_ignored():
+    torch.manual_seed(0)
+    model = TinyDenoiser(learn_sigma=True)
+    x0 = torch.randn(2, 4, 3, 4, 4)
+    ctx, lengths = torch.randn(2, 6, 8), torch.tensor([6, 0])
+    obj = FlowMatching(shift=3.0)
+    loss = obj.loss(model, x0, ctx, lengths, generator=torch.Generator().manual_seed(7))
+    ex = obj.example(x0, generator=torch.Generator().manual_seed(7))
+    pred = model(ex.x_t, ex.timestep, ctx, lengths)
+    assert pred.shape[1] == 8
+    torch.testing.assert_close(loss, ((pred[:, :4] - ex.target) ** 2).mean())
+    torch.testing.assert_close(flow_matching_loss(model, x0, ctx, lengths, shift=3.0,
+                                                  generator=torch.Generator().manual_seed(7)), loss)
+    d = ddpm_loss(model, x0, ctx, lengths, prediction_type="v_prediction", generator=torch.Generator().manual_seed(7))
+    ex = DDPMObjective(prediction_type="v_prediction").example(x0, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(d, ((model(ex.x_t, ex.timestep, ctx, lengths)[:, :4] - ex.target) ** 2).mean())
+
+
+def test_errors_name_the_argument():
+    with pytest.raises(ValueError, match="shift"):
+        FlowMatching(shift=-1.0)
+    with pytest.raises(ValueError, match="sampling"):
+        FlowMatching(sampling="cosine")
+    with pytest.raises(ValueError, match="prediction_type"):
+        DDPMObjective(prediction_type="sample")
+    with pytest.raises(ValueError, match="x0"):
+        FlowMatching().example(torch.zeros(2, 4, 4, 4))
+    model = TinyDenoiser(channels=4)
+    model.out = torch.nn.Conv3d(16, 3, 3, padding=1)  # 3 output channels for 4 input channels
+    with pytest.raises(ValueError, match="model output"):
+        FlowMatching().loss(model, torch.zeros(1, 4, 1, 2, 2), torch.zeros(1, 1, 8))
