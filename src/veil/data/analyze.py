@@ -5,9 +5,10 @@ This is the oracle that scores generated videos. Legend: C channels, T frames, H
 Per frame: the background colour is the median pixel (the object covers well under half of the frame); the
 object is the set of pixels whose colour distance from the background exceeds half the distance of the frame's
 most distant pixels (a threshold midway between background and object, so blur moves the edge little).
-Colour: the mean colour of the object's interior pixels over all frames, nearest palette entry. Shape: the
-template (circle, square, upward triangle) drawn in each frame's object bounding box with the best intersection
-over union with the mask, summed over frames. Direction: the least-squares slope of the mask centroid over time;
+Colour: the mean colour of the object's interior pixels over all frames, nearest palette entry. Shape: from the
+object's soft coverage (see :func:`shape_features`): a skewed vertical profile is the upward triangle, otherwise
+the ratio of covered area to the extent box separates the square (~1) from the circle (~pi/4).
+Direction: the least-squares slope of the mask centroid over time;
 a displacement over the clip below ``still_fraction`` of the frame size is "still".
 """
 
