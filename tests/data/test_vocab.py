@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from veil.data.vocab import Pattern, all_combinations, caption, parse_phrase, split_combinations
+from veil.data.vocab import Pattern, all_combinations, caption, parse_phrase, split_combinations, split_prompts
 
 
 @pytest.mark.parametrize("phrase, expected", [
@@ -34,6 +34,9 @@ def test_split_combinations_counts():
     assert ("blue", "triangle", "still") in held and ("green", "square", "up") in held
     assert ("blue", "square", "up") in seen and ("green", "triangle", "down") in seen
     assert sorted(seen + held) == sorted(all_combinations())
+    prompts = split_prompts("triangle moving left")
+    assert prompts["held_out"] == [f"a {c} triangle moving left" for c in ("red", "green", "blue", "yellow", "white")]
+    assert len(prompts["seen"]) == 70 and "a red triangle moving right" in prompts["seen"]
     with pytest.raises(ValueError, match="every combination"):
         split_combinations(["red", "green", "blue", "yellow", "white"])
 

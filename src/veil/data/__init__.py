@@ -14,6 +14,7 @@ from veil.data.vocab import (
     parse_exclude,
     parse_phrase,
     split_combinations,
+    split_prompts,
     vocabulary,
 )
 from veil.data.world import CaptionedVideoWorld, VideoSpec, make_video, render, sample_spec
@@ -21,5 +22,5 @@ from veil.data.world import CaptionedVideoWorld, VideoSpec, make_video, render, 
 __all__ = [
     "COLOURS", "MOTIONS", "SHAPES", "Analysis", "CaptionedVideoWorld", "Pattern", "VideoFolder", "VideoSpec",
     "all_combinations", "analyze", "analyze_batch", "caption", "make_video", "parse_exclude", "parse_phrase",
-    "read_clip", "render", "sample_spec", "split_combinations", "vocabulary",
+    "read_clip", "render", "sample_spec", "split_combinations", "split_prompts", "vocabulary",
 ]

@@ -68,7 +68,7 @@ for _c, _words in COLOUR_SYNONYMS.items():
     _LEXICON.update({w: ("colour", _c) for w in _words})
 for _s, _words in SHAPE_SYNONYMS.items():
     _LEXICON.update({w: ("shape", _s) for w in _words})
-    _LEXICON.update({w + "s": ("shape", _s) for w in _words})
+    _LEXICON.update({w + ("es" if w.endswith("x") else "s"): ("shape", _s) for w in _words})  # plurals
 for _m, _words in DIRECTION_SYNONYMS.items():
     _LEXICON.update({w: ("motion", _m) for w in _words if " " not in w})
 _LEXICON.update({w: ("motion", "still") for w in ("still", "static", "stationary", "motionless", "resting", "rest")})
@@ -169,6 +169,19 @@ def split_combinations(
     if not seen:
         raise ValueError(f"exclude: {[str(p) for p in patterns]} removes every combination")
     return seen, held
+
+
+def split_prompts(exclude: Iterable[str | Pattern] | str | None) -> dict[str, list[str]]:
+    """Canonical prompts ("a red circle moving left") for the seen and held-out combinations under ``exclude``.
+
+    Returns:
+        ``{"seen": [...], "held_out": [...]}`` in the order of :func:`all_combinations`.
+
+    Raises:
+        ValueError: from :func:`split_combinations`.
+    """
+    seen, held = split_combinations(exclude)
+    return {"seen": [caption(*c) for c in seen], "held_out": [caption(*c) for c in held]}
 
 
 def motion_phrase(motion: str, rng: np.random.Generator) -> str:
