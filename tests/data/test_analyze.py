@@ -63,6 +63,7 @@ def test_hand_drawn_square(direction):
     assert a.found == 6
     expected = {"right": (10.0, 0.0), "up": (0.0, -10.0), "still": (0.0, 0.0)}[direction]
     assert a.displacement == pytest.approx(expected, abs=1e-4)
+    assert analyze(_hand_video(direction)[..., 2:30]).as_tuple() == a.as_tuple()  # non-square frames
 
 
 def test_empty_video_and_bad_input():

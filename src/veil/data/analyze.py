@@ -112,8 +112,6 @@ def shape_features(video: torch.Tensor, mask: torch.Tensor, rgb: torch.Tensor) -
         video: float [3, T, H, W] in [0, 1]; mask: bool [T, H, W]; rgb: float [3], the object colour.
     """
     C, T, H, W = video.shape
-    if H != W:
-        raise ValueError(f"video: expected square frames, got H={H} W={W}")
     region, outer = _dilate(mask, 2), _dilate(mask, 3)
     ring = outer & ~region  # (T, H, W)
     pix = video.permute(1, 2, 3, 0).reshape(T, H * W, C)  # (T, HW, 3)
@@ -126,12 +124,12 @@ def shape_features(video: torch.Tensor, mask: torch.Tensor, rgb: torch.Tensor) -
     alpha = alpha.reshape(T, H, W) * region  # (T, H, W), unclamped
     w = alpha.clamp_min(0)
     total = w.sum(dim=(1, 2)).clamp_min(1e-6)  # (T,)
-    pos = torch.arange(H, dtype=torch.float32) + 0.5
-    my = (w.sum(2) * pos).sum(1) / total  # (T,) centroid row, pixel centres at index + 0.5
-    mx = (w.sum(1) * pos).sum(1) / total
+    pos_y, pos_x = torch.arange(H, dtype=torch.float32) + 0.5, torch.arange(W, dtype=torch.float32) + 0.5
+    my = (w.sum(2) * pos_y).sum(1) / total  # (T,) centroid row, pixel centres at index + 0.5
+    mx = (w.sum(1) * pos_x).sum(1) / total
     width, height = _interp(alpha.sum(2), my - 0.5), _interp(alpha.sum(1), mx - 0.5)  # extents through the centroid
     fill = alpha.sum(dim=(1, 2)) / (width * height).clamp_min(1e-6)
-    dy = pos[None] - my[:, None]  # (T, H)
+    dy = pos_y[None] - my[:, None]  # (T, H)
     var = (w.sum(2) * dy**2).sum(1) / total
     skew = (w.sum(2) * dy**3).sum(1) / total / var.clamp_min(1e-6) ** 1.5
     ok = mask.flatten(1).sum(1) >= 3
