@@ -4,7 +4,8 @@ This is the oracle that scores generated videos. Legend: C channels, T frames, H
 
 Per frame: the background colour is the median pixel (the object covers well under half of the frame); the
 object is the set of pixels whose colour distance from the background exceeds half the distance of the frame's
-most distant pixels (a threshold midway between background and object, so blur moves the edge little).
+most distant pixels (a threshold midway between background and object, so blur moves the edge little), less
+isolated speckle.
 Colour: the mean colour of the object's interior pixels over all frames, nearest palette entry. Shape: from the
 object's soft coverage (see :func:`shape_features`): a skewed vertical profile is the upward triangle, otherwise
 the ratio of covered area to the extent box separates the square (~1) from the circle (~pi/4).
@@ -77,8 +78,11 @@ def segment(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     # the object's contrast: a high quantile rather than the max, so that a few noisy pixels do not set it
     k = max(1, (H * W) // 200)
     contrast = dist.topk(k, dim=1).values[:, -1]  # (T,)
-    mask = (dist > contrast[:, None] / 2) & (contrast[:, None] >= _MIN_CONTRAST)
-    return mask.reshape(T, H, W), bg
+    mask = ((dist > contrast[:, None] / 2) & (contrast[:, None] >= _MIN_CONTRAST)).reshape(T, H, W)
+    # drop speckle: a pixel of the object has at least 3 object pixels among its 8 neighbours, a noise outlier
+    # almost never does
+    neighbours = F.conv2d(F.pad(mask.float()[:, None], (1, 1, 1, 1)), torch.ones(1, 1, 3, 3))[:, 0] - mask.float()
+    return mask & (neighbours >= 3), bg
 
 
 def _dilate(mask: torch.Tensor, r: int) -> torch.Tensor:
