@@ -1,0 +1,81 @@
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from veil.data.vocab import Pattern, parse_phrase
+from veil.data.world import CaptionedVideoWorld, VideoSpec, render
+
+
+def test_deterministic_by_seed_and_shapes():
+    a, b = CaptionedVideoWorld(4, frames=8, size=32, seed=3), CaptionedVideoWorld(4, frames=8, size=32, seed=3)
+    c = CaptionedVideoWorld(4, frames=8, size=32, seed=4)
+    x, y, z = a[2], b[2], c[2]
+    assert x["video"].shape == (3, 8, 32, 32) and x["video"].dtype == torch.float32
+    assert torch.equal(x["video"], y["video"]) and x["caption"] == y["caption"]
+    assert not torch.equal(x["video"], z["video"])
+    assert float(x["video"].min()) >= -1 and float(x["video"].max()) <= 1
+    assert torch.equal(a[-1]["video"], a[3]["video"])
+
+
+def test_render_literal_pixels():
+    # a square with its box on pixel boundaries: pixels inside are exactly the object colour, outside the background
+    spec = VideoSpec(colour="red", shape="square", motion="right", rgb=(1.0, 0.0, 0.5), radius=3.0,
+                     start=(8.0, 10.0), speed=2.0, background=(0.0, 0.2, 0.0), gradient=(0.0, 0.0), frames=3, size=32)
+    v = (render(spec) + 1) / 2  # (3, T, H, W) in [0, 1]
+    for t in range(3):
+        x0 = 5 + 2 * t  # box [x0, x0 + 6) x [7, 13)
+        expected = torch.zeros(32, 32, dtype=torch.bool)
+        expected[7:13, x0:x0 + 6] = True
+        obj = (v[0, t] > 0.5)
+        assert torch.equal(obj, expected)
+        assert torch.allclose(v[:, t][:, expected], torch.tensor([1.0, 0.0, 0.5])[:, None], atol=1e-6)
+        assert torch.allclose(v[:, t][:, ~expected], torch.tensor([0.0, 0.2, 0.0])[:, None], atol=1e-6)
+
+
+def test_specs_stay_in_frame_and_match_captions():
+    world = CaptionedVideoWorld(60, frames=16, size=32, seed=1)
+    for i in range(len(world)):
+        s = world.spec(i)
+        for t in (0, s.frames - 1):
+            cx, cy = s.centre(t)
+            assert s.radius < cx < 32 - s.radius and s.radius < cy < 32 - s.radius
+        travel = s.speed * (s.frames - 1)
+        assert (travel == 0) == (s.motion == "still")
+        assert max(s.background) <= 0.22 + 1e-9 and max(s.rgb) >= 0.8
+        assert parse_phrase(world.caption(i)) == Pattern(s.colour, s.shape, s.motion)
+
+
+def test_exclude_removes_combinations():
+    world = CaptionedVideoWorld(200, frames=8, size=32, seed=0, exclude=["blue triangle", "green moving up"])
+    triples = {(s.colour, s.shape, s.motion) for s in (world.spec(i) for i in range(len(world)))}
+    assert not any(c == "blue" and sh == "triangle" for c, sh, _ in triples)
+    assert not any(c == "green" and m == "up" for c, _, m in triples)
+    assert ("blue", "circle", "up") in triples or ("blue", "square", "up") in triples
+    assert len(world.held_out) == 8 and set(world.seen).isdisjoint(world.held_out)
+
+
+def test_collates_in_a_dataloader():
+    batch = next(iter(DataLoader(CaptionedVideoWorld(4, frames=8, size=32), batch_size=4)))
+    assert batch["video"].shape == (4, 3, 8, 32, 32) and len(batch["caption"]) == 4
+    assert len(batch["attributes"]["colour"]) == 4 and batch["attributes"]["speed"].shape == (4,)
+
+
+@pytest.mark.parametrize("kwargs, exc, word", [
+    (dict(size=48), ValueError, "size"), (dict(frames=7), ValueError, "frames"),
+    (dict(frames=33), ValueError, "frames"),
+    (dict(exclude=["purple square"]), ValueError, "purple"), (dict(seed=-1), ValueError, "seed"),
+    (dict(frames=8.0), TypeError, "frames"),
+])
+def test_bad_arguments(kwargs, exc, word):
+    with pytest.raises(exc, match=word):
+        CaptionedVideoWorld(4, **kwargs)
+
+
+def test_independent_of_global_rng():
+    torch.manual_seed(0)
+    np.random.seed(0)
+    a = CaptionedVideoWorld(2, frames=8, seed=5)[1]["video"]
+    torch.manual_seed(1)
+    np.random.seed(1)
+    assert torch.equal(a, CaptionedVideoWorld(2, frames=8, seed=5)[1]["video"])
