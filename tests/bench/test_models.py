@@ -86,3 +86,13 @@ def test_cli_quick_tiny_writes_its_section(capsys, tmp_path):
     assert text.count("<!-- veil bench models-quick -->") == 1
     assert "Command: `veil bench models --quick --families latte" in text
     assert "| pattern |" not in text  # no sparse patterns asked for
+
+
+def test_threads_are_set_for_the_run_and_restored(monkeypatch):
+    seen = []
+    monkeypatch.setattr(models, "_run", lambda cfg, a, b: seen.append(torch.get_num_threads()) or ([], []))
+    before = torch.get_num_threads()
+    assert models.run(_cfg(threads=1)) == ([], [])
+    assert seen == [1] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="threads: expected None or a positive int, got 0"):
+        models.Config(threads=0)

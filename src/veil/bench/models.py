@@ -78,6 +78,7 @@ SPARSE_PATTERNS = ("tile_window", "window_3d")
 class Config:
     """What ``veil bench models`` runs (CPU, float32 unless ``device`` / ``dtype`` say otherwise).
 
+    ``threads``: torch intra-op threads during the run (None: torch's default).
     ``sparse_patterns``: ``"tile_window"`` (tiles of a quarter of each patch-grid axis, a window of 3 tiles
     per axis), ``"window_3d"`` (a ``sparse_window`` box around each token); an empty tuple skips the part.
     """
@@ -96,8 +97,12 @@ class Config:
     max_check_gib: float = 1.0
     device: str = "cpu"
     seed: int = 0
+    threads: int | None = None
 
     def __post_init__(self):
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise ValueError(f"threads: expected None or a positive int, got {self.threads!r}")
         for f, allowed in (("families", FAMILIES), ("modes", MODES), ("sparse_patterns", SPARSE_PATTERNS)):
             for v in getattr(self, f):
                 if v not in allowed:
@@ -369,7 +374,20 @@ def _describe(p: AttentionPattern) -> str:
 
 def run(cfg: Config, on_parity: Callable[[ParityRow], None] | None = None,
         on_sparse: Callable[[SparseRow], None] | None = None) -> tuple[list[ParityRow], list[SparseRow]]:
-    """Both parts; the callbacks see each row as soon as it is measured."""
+    """Both parts; the callbacks see each row as soon as it is measured. ``cfg.threads`` sets torch's
+    intra-op threads for the run (on a CPU shared with other jobs, fewer threads than cores avoids
+    oversubscription) and restores them after."""
+    saved = torch.get_num_threads()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, on_parity, on_sparse)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _run(cfg: Config, on_parity: Callable[[ParityRow], None] | None,
+         on_sparse: Callable[[SparseRow], None] | None) -> tuple[list[ParityRow], list[SparseRow]]:
     parity: list[ParityRow] = []
     for family in cfg.families:
         for size in cfg.sizes(family):

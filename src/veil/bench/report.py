@@ -44,8 +44,8 @@ def table(rows: list[Row]) -> str:
     return "\n".join([header(), *(format_row(r) for r in rows)])
 
 
-def machine(device: str) -> str:
-    """CPU model, cores, torch version, threads, and the GPU when the device is CUDA."""
+def machine(device: str, threads: int | None = None) -> str:
+    """CPU model, cores, torch version, threads (``threads``, default torch's now), and the GPU on CUDA."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -54,7 +54,7 @@ def machine(device: str) -> str:
                 break
     except OSError:
         pass
-    text = (f"{cpu}, {os.cpu_count()} cores ({torch.get_num_threads()} torch threads), "
+    text = (f"{cpu}, {os.cpu_count()} cores ({threads or torch.get_num_threads()} torch threads), "
             f"torch {torch.__version__}, Python {platform.python_version()}")
     if torch.device(device).type == "cuda":
         text += f", GPU {torch.cuda.get_device_name(torch.device(device))}"
@@ -153,6 +153,7 @@ def format_sparse(row) -> str:
 def models_section(name: str, title: str, parity: list, sparse: list, cfg, command: str) -> str:
     """The markdown section of one ``veil bench models`` run (``cfg``: a :class:`veil.bench.models.Config`)."""
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg()) + " (1 / 5 / 15 min, at the end of the run)"
 
     def sizes(family: str) -> str:
         return "; ".join(f"{s.name}: E {s.dim} ({s.dim // s.head_dim} heads x {s.head_dim}), {s.layers} layers, "
@@ -164,7 +165,7 @@ def models_section(name: str, title: str, parity: list, sparse: list, cfg, comma
         f"## `veil bench {title}`",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine(cfg.device)}, device `{cfg.device}`  ",
+        f"Machine: {machine(cfg.device, cfg.threads)}, device `{cfg.device}`; load average {load}  ",
         f"Date: {date}  ",
         f"float32, batch 1; median of {cfg.repeats} runs after {cfg.warmup} warm-up. "
         + " ".join(f"{f.capitalize()} sizes: {sizes(f)}." for f in cfg.families),

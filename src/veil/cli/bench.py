@@ -75,6 +75,7 @@ def add_models_parser(programs) -> None:
     m.add_argument("--patterns", nargs="*", choices=models.SPARSE_PATTERNS,
                    help="sparse patterns (default: both; none skips the sparse part)")
     m.add_argument("--repeats", type=int, help=f"timed runs per row (default {models.Config().repeats})")
+    m.add_argument("--threads", type=int, help="torch intra-op threads for the run (default: torch's)")
     m.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
     m.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces")
     m.add_argument("--no-write", action="store_true", help="print the tables only")
@@ -84,7 +85,7 @@ def add_models_parser(programs) -> None:
 def run_models(args: argparse.Namespace) -> int:
     overrides = {k: tuple(v) if isinstance(v, list) else v
                  for k, v in (("families", args.families), ("modes", args.modes), ("sparse_patterns", args.patterns),
-                              ("repeats", args.repeats)) if v is not None}
+                              ("repeats", args.repeats), ("threads", args.threads)) if v is not None}
     if args.no_memory:
         overrides["memory"] = False
     cfg = models.quick(**overrides) if args.quick else models.Config(**overrides)
