@@ -410,7 +410,7 @@ QUICK = Config(
                Size(name="M", dim=128, head_dim=64, layers=2, latent=(4, 16, 16), text_len=16)),
     latte_sizes=(Size(name="S", dim=128, head_dim=64, layers=1, latent=(2, 8, 8), text_len=16),
                  Size(name="M", dim=128, head_dim=64, layers=1, latent=(4, 16, 16), text_len=16)),
-    sparse_size=Size(name="sparse", dim=128, head_dim=64, layers=1, latent=(8, 32, 32), text_len=16),
+    sparse_size=Size(name="sparse", dim=128, head_dim=64, layers=1, latent=(4, 32, 32), text_len=16),
     repeats=3,
 )
 
