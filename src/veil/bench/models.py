@@ -27,7 +27,7 @@ import dataclasses
 import statistics
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -154,7 +154,6 @@ class SparseRow:
     attn_share: float
     diff: float | None = None
     note: str = ""
-    extra: dict = field(default_factory=dict)
 
     @property
     def ideal(self) -> float:
