@@ -1,4 +1,4 @@
-"""``veil bench attention``: time every attention backend against dense SDPA and update docs/benchmarks.md."""
+"""``veil bench attention`` / ``veil bench models``: run a benchmark program and update docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -6,14 +6,16 @@ import argparse
 import shlex
 import sys
 
-from veil.bench import attention, report
+from veil.bench import attention, models, report
 from veil.cli.masks import grid_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark programs", description="Benchmark programs (they print ratios "
                        "measured side by side in one run).")
-    a = p.add_subparsers(dest="program", metavar="PROGRAM", required=True).add_parser(
+    programs = p.add_subparsers(dest="program", metavar="PROGRAM", required=True)
+    add_models_parser(programs)
+    a = programs.add_parser(
         "attention", help="every attention backend against dense SDPA, per mask and size",
         description="Median time, speed-up over dense SDPA without a mask, ideal speed-up (1 / density), "
                     "peak memory and max abs difference from the oracle, for every backend (and 'naive', the "
@@ -58,3 +60,48 @@ def run(args: argparse.Namespace, write: bool = True) -> int:
         print(f"replaced the section '{title}' of {args.output}")
     return 0
 
+
+
+def add_models_parser(programs) -> None:
+    m = programs.add_parser(
+        "models", help="veil's Wan and Latte against diffusers', and Wan's sparse patterns against full attention",
+        description="On the same weights: outputs checked equal, then forward and forward+backward time (runs "
+                    "interleaved) and peak memory, veil against diffusers, for Wan and Latte at two sizes; and "
+                    "veil Wan's tile_window / window_3d patterns against full attention at >= 16k video tokens.")
+    m.add_argument("--quick", action="store_true", help="tiny sizes, a 4x32x32 latent (1024 tokens) for the sparse "
+                   "part, 3 repeats (a CI-sized run: 15 s on 2 quiet cores); other options override these")
+    m.add_argument("--families", nargs="+", choices=models.FAMILIES, help="default: wan latte")
+    m.add_argument("--modes", nargs="+", choices=models.MODES, help="default: both")
+    m.add_argument("--patterns", nargs="*", choices=models.SPARSE_PATTERNS,
+                   help="sparse patterns (default: both; none skips the sparse part)")
+    m.add_argument("--repeats", type=int, help=f"timed runs per row (default {models.Config().repeats})")
+    m.add_argument("--threads", type=int, help="torch intra-op threads for the run (default: torch's)")
+    m.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    m.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces")
+    m.add_argument("--no-write", action="store_true", help="print the tables only")
+    m.set_defaults(run=run_models, parser=m)
+
+
+def run_models(args: argparse.Namespace) -> int:
+    overrides = {k: tuple(v) if isinstance(v, list) else v
+                 for k, v in (("families", args.families), ("modes", args.modes), ("sparse_patterns", args.patterns),
+                              ("repeats", args.repeats), ("threads", args.threads)) if v is not None}
+    if args.no_memory:
+        overrides["memory"] = False
+    cfg = models.quick(**overrides) if args.quick else models.Config(**overrides)
+    print(report.parity_header(), flush=True)
+    first = [True]
+
+    def sparse_row(r: models.SparseRow) -> None:
+        if first[0]:
+            print("\n" + report.sparse_header(), flush=True)
+            first[0] = False
+        print(report.format_sparse(r), flush=True)
+
+    parity, sparse = models.run(cfg, lambda r: print(report.format_parity(r), flush=True), sparse_row)
+    if not args.no_write:
+        command = "veil " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+        key, title = ("models-quick", "models --quick") if args.quick else ("models", "models")
+        report.update_doc(args.output, key, report.models_section(key, title, parity, sparse, cfg, command))
+        print(f"replaced the section '{title}' of {args.output}")
+    return 0

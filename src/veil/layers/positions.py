@@ -10,7 +10,7 @@ cos/sin tables kept in float32 unless cast for the caller; sin-cos tables are co
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -50,6 +50,7 @@ class RopeTable:
     cos: Tensor
     sin: Tensor
     layout: Literal["half", "interleaved"] = "half"
+    _pairs: tuple[Tensor, Tensor] | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def length(self) -> int:
@@ -66,14 +67,26 @@ class RopeTable:
                 f"x: expected [B, N, L, D] with L={self.cos.shape[-2]}, D={self.cos.shape[-1]} to match the rotary "
                 f"table, got {list(x.shape)}"
             )
-        cos, sin = self.cos.unsqueeze(1), self.sin.unsqueeze(1)  # (B|1, 1, L, D)
         if self.layout == "half":
+            cos, sin = self.cos.unsqueeze(1), self.sin.unsqueeze(1)  # (B|1, 1, L, D)
             out = x * cos + rotate_half(x) * sin
         else:
-            x1, x2 = x[..., 0::2], x[..., 1::2]
-            c, s = cos[..., 0::2], sin[..., 1::2]
-            out = torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)
+            # (x1, x2) -> (x1 c - x2 s, x2 c + x1 s) as x * cos2 + swap(x) * sin2 (see _pair_tables): 3 passes
+            # over x instead of 7 (strided halves, 4 products, 2 sums, an interleaving stack)
+            cos2, sin2 = self._pair_tables()
+            swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (B, N, L, D): x2, x1 in each pair
+            out = torch.addcmul(x * cos2, swapped, sin2)
         return out.to(x.dtype)
+
+    def _pair_tables(self) -> tuple[Tensor, Tensor]:
+        """Interleaved layout: ``cos2 = (c, c)`` and ``sin2 = (-s, s)`` per pair, ``[B|1, 1, L, D]``, made once per
+        table (c from the even features of ``cos``, s from the odd features of ``sin``, as the pairs are read)."""
+        if self._pairs is None:
+            c, s = self.cos[..., 0::2], self.sin[..., 1::2]  # (B|1, L, D/2)
+            cos2 = torch.stack((c, c), dim=-1).flatten(-2).unsqueeze(1)  # (B|1, 1, L, D)
+            sin2 = torch.stack((-s, s), dim=-1).flatten(-2).unsqueeze(1)
+            self._pairs = (cos2, sin2)
+        return self._pairs
 
 
 class RotaryEmbedding(nn.Module):
