@@ -415,9 +415,27 @@ class DecoderLM(nn.Module):
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor, attention_mask: Tensor | None, cache: LMCache,
-                in_attn_cond: Tensor | None = None) -> Tensor:
-        """Run the prompt through the model into ``cache``; returns the last position's logits ``[B, V]``."""
-        h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond)
+                in_attn_cond: Tensor | None = None, *, chunk_size: int | None = None) -> Tensor:
+        """Run the prompt through the model into ``cache``; returns the last position's logits ``[B, V]``.
+
+        Args:
+            input_ids, attention_mask, cache, in_attn_cond: as :meth:`hidden_states`.
+            chunk_size: feed the prompt ``chunk_size`` tokens at a time (None: all at once). Exact, not an
+                approximation: each chunk attends to the cache's view (the previous tokens a layer keeps, then
+                the chunk), and masks align bottom-right, so every query sees the keys it would see in one pass.
+                Activations and the local layers' score tiles then scale with the chunk, not the prompt.
+
+        Raises:
+            ValueError: ``chunk_size`` is not a positive int, or as :meth:`hidden_states`.
+        """
+        if chunk_size is None:
+            h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond)
+            return self.logits(h[:, -1])
+        _positive_int("chunk_size", chunk_size)
+        self._valid(input_ids, attention_mask)  # the whole prompt's shapes, before any chunk enters the cache
+        for s in range(0, input_ids.shape[1], chunk_size) or [0]:
+            part = None if attention_mask is None else attention_mask[:, s:s + chunk_size]
+            h = self.hidden_states(input_ids[:, s:s + chunk_size], part, cache=cache, in_attn_cond=in_attn_cond)
         return self.logits(h[:, -1])
 
     @torch.no_grad()
