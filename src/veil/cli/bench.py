@@ -7,13 +7,16 @@ import shlex
 import sys
 
 from veil.bench import attention, report
+from veil.cli import bench_lm
 from veil.cli.masks import grid_arg
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("bench", help="benchmark programs", description="Benchmark programs (they print ratios "
                        "measured side by side in one run).")
-    a = p.add_subparsers(dest="program", metavar="PROGRAM", required=True).add_parser(
+    programs = p.add_subparsers(dest="program", metavar="PROGRAM", required=True)
+    bench_lm.add_parser(programs)
+    a = programs.add_parser(
         "attention", help="every attention backend against dense SDPA, per mask and size",
         description="Median time, speed-up over dense SDPA without a mask, ideal speed-up (1 / density), "
                     "peak memory and max abs difference from the oracle, for every backend (and 'naive', the "
