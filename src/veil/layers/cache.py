@@ -96,11 +96,14 @@ class KVCache(nn.Module):
         self.slot_positions.fill_(-1)
         self.valid.zero_()
 
-    def _chronological(self) -> Tensor:
-        # slots of the cached tokens, oldest first
-        n = min(self.length, self.slots)
-        start = self.length - n
-        return (torch.arange(start, self.length, device=self.k.device)) % self.slots
+    def _runs(self, start: int, count: int) -> list[tuple[int, int]]:
+        """Slot ranges ``[a, b)`` holding tokens ``start .. start + count - 1``, oldest first (at most two: the ring
+        wraps once). Plain slices, so reading and writing them copies no index tensor (a decode step's hot path)."""
+        if count <= 0:
+            return []
+        a = start % self.slots
+        first = min(count, self.slots - a)
+        return [(a, a + first)] + ([(0, count - first)] if count > first else [])
 
     def update(self, k: Tensor, v: Tensor, valid: Tensor | None = None) -> CacheView:
         """Append ``L`` new tokens and return the keys attention should see.
@@ -123,9 +126,7 @@ class KVCache(nn.Module):
         if k.dim() != 4 or (b, h, d) != (self.batch, self.k.shape[1], self.k.shape[3]) or v.shape != k.shape:
             raise ValueError(f"k, v: expected [B, Hkv, L, D] = [{self.batch}, {self.k.shape[1]}, L, {self.k.shape[3]}]"
                              f", got k {list(k.shape)}, v {list(v.shape)}")
-        if valid is None:
-            valid = torch.ones(b, n_new, dtype=torch.bool, device=k.device)
-        else:
+        if valid is not None:
             if valid.dtype != torch.bool or tuple(valid.shape) != (b, n_new):
                 raise ValueError(f"valid: expected a bool tensor [B, L] = [{b}, {n_new}], got "
                                  f"{valid.dtype} {list(valid.shape)}")
@@ -134,30 +135,36 @@ class KVCache(nn.Module):
             raise ValueError(f"k: the cache holds at most max_len={self.max_len} tokens, got {self.length} cached "
                              f"+ {n_new} new")
         k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        new_pos = torch.arange(self.length, self.length + n_new, device=self.k.device)
+        start = self.length
         if not self.is_ring:
-            end = self.length + n_new
-            self.k[:, :, self.length:end] = k
-            self.v[:, :, self.length:end] = v
-            self.valid[:, self.length:end] = valid
-            self.slot_positions[self.length:end] = new_pos
+            end = start + n_new
+            self.k[:, :, start:end] = k
+            self.v[:, :, start:end] = v
+            self.valid[:, start:end] = True if valid is None else valid
+            self.slot_positions[start:end] = torch.arange(start, end, device=self.k.device)
             self.length = end
             return CacheView(self.k[:, :, :end], self.v[:, :, :end], self.slot_positions[:end],
                              self.valid[:, :end], self.has_padding)
-        old = self._chronological()  # (n_old,)
+        if valid is None:
+            valid = torch.ones(b, n_new, dtype=torch.bool, device=k.device)
+        new_pos = torch.arange(start, start + n_new, device=self.k.device)
+        old = self._runs(start - min(start, self.slots), min(start, self.slots))  # the cached tokens, oldest first
         out = CacheView(
-            torch.cat([self.k[:, :, old], k], dim=2),  # (B, Hkv, n_old + L, D)
-            torch.cat([self.v[:, :, old], v], dim=2),
-            torch.cat([self.slot_positions[old], new_pos]),
-            torch.cat([self.valid[:, old], valid], dim=1),
+            torch.cat([self.k[:, :, a:z] for a, z in old] + [k], dim=2),  # (B, Hkv, n_old + L, D)
+            torch.cat([self.v[:, :, a:z] for a, z in old] + [v], dim=2),
+            torch.cat([self.slot_positions[a:z] for a, z in old] + [new_pos]),
+            torch.cat([self.valid[:, a:z] for a, z in old] + [valid], dim=1),
             self.has_padding,
         )
         keep = min(n_new, self.slots)  # only the last `slots` new tokens survive
-        slots = new_pos[n_new - keep:] % self.slots
-        self.k[:, :, slots] = k[:, :, n_new - keep:]
-        self.v[:, :, slots] = v[:, :, n_new - keep:]
-        self.valid[:, slots] = valid[:, n_new - keep:]
-        self.slot_positions[slots] = new_pos[n_new - keep:]
+        i = n_new - keep
+        for a, z in self._runs(start + i, keep):
+            j = i + z - a
+            self.k[:, :, a:z] = k[:, :, i:j]
+            self.v[:, :, a:z] = v[:, :, i:j]
+            self.valid[:, a:z] = valid[:, i:j]
+            self.slot_positions[a:z] = new_pos[i:j]
+            i = j
         self.length += n_new
         return out
 
