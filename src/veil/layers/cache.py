@@ -79,8 +79,6 @@ class KVCache(nn.Module):
                              persistent=False)
         self.register_buffer("v", torch.zeros(batch, kv_heads, slots, head_dim, dtype=dtype, device=device),
                              persistent=False)
-        self.register_buffer("slot_positions", torch.full((slots,), -1, dtype=torch.long, device=device),
-                             persistent=False)
         self.register_buffer("valid", torch.zeros(batch, slots, dtype=torch.bool, device=device), persistent=False)
         self.length = 0
         self.has_padding = False
@@ -89,11 +87,19 @@ class KVCache(nn.Module):
     def is_ring(self) -> bool:
         return self.window is not None
 
+    @property
+    def slot_positions(self) -> Tensor:
+        """``[S]`` absolute position of the token in each slot (-1: empty), from ``length`` alone: slot ``i``
+        holds the latest ``p < length`` with ``p % S == i`` (static: ``p == i``). Not stored, so an update
+        writes no positions."""
+        i = torch.arange(self.slots, device=self.k.device)
+        last = self.length - 1 - i  # (S,)
+        return torch.where(last >= 0, i + self.slots * last.div(self.slots, rounding_mode="floor"), -1)
+
     def reset(self) -> None:
         """Forget every token (buffers are kept)."""
         self.length = 0
         self.has_padding = False
-        self.slot_positions.fill_(-1)
         self.valid.zero_()
 
     def _runs(self, start: int, count: int) -> list[tuple[int, int]]:
@@ -134,38 +140,36 @@ class KVCache(nn.Module):
         if self.length + n_new > self.max_len:
             raise ValueError(f"k: the cache holds at most max_len={self.max_len} tokens, got {self.length} cached "
                              f"+ {n_new} new")
-        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        start = self.length
-        if not self.is_ring:
-            end = start + n_new
-            self.k[:, :, start:end] = k
-            self.v[:, :, start:end] = v
-            self.valid[:, start:end] = True if valid is None else valid
-            self.slot_positions[start:end] = torch.arange(start, end, device=self.k.device)
+        kbuf, vbuf, vld = self.k, self.v, self.valid  # one module attribute lookup each (decode's hot path)
+        k, v = k.to(kbuf.dtype), v.to(vbuf.dtype)
+        start, end = self.length, self.length + n_new
+        if end <= self.slots:  # static, or a ring that has not wrapped yet: token p in slot p, written in place
+            kbuf[:, :, start:end] = k
+            vbuf[:, :, start:end] = v
+            vld[:, start:end] = True if valid is None else valid
             self.length = end
-            return CacheView(self.k[:, :, :end], self.v[:, :, :end], self.slot_positions[:end],
-                             self.valid[:, :end], self.has_padding)
+            return CacheView(kbuf[:, :, :end], vbuf[:, :, :end], torch.arange(end, device=kbuf.device),
+                             vld[:, :end], self.has_padding)
         if valid is None:
             valid = torch.ones(b, n_new, dtype=torch.bool, device=k.device)
-        new_pos = torch.arange(start, start + n_new, device=self.k.device)
-        old = self._runs(start - min(start, self.slots), min(start, self.slots))  # the cached tokens, oldest first
+        n_old = min(start, self.slots)
+        old = self._runs(start - n_old, n_old)  # the cached tokens, oldest first
         out = CacheView(
-            torch.cat([self.k[:, :, a:z] for a, z in old] + [k], dim=2),  # (B, Hkv, n_old + L, D)
-            torch.cat([self.v[:, :, a:z] for a, z in old] + [v], dim=2),
-            torch.cat([self.slot_positions[a:z] for a, z in old] + [new_pos]),
-            torch.cat([self.valid[:, a:z] for a, z in old] + [valid], dim=1),
+            torch.cat([kbuf[:, :, a:z] for a, z in old] + [k], dim=2),  # (B, Hkv, n_old + L, D)
+            torch.cat([vbuf[:, :, a:z] for a, z in old] + [v], dim=2),
+            torch.arange(start - n_old, end, device=kbuf.device),
+            torch.cat([vld[:, a:z] for a, z in old] + [valid], dim=1),
             self.has_padding,
         )
         keep = min(n_new, self.slots)  # only the last `slots` new tokens survive
         i = n_new - keep
         for a, z in self._runs(start + i, keep):
             j = i + z - a
-            self.k[:, :, a:z] = k[:, :, i:j]
-            self.v[:, :, a:z] = v[:, :, i:j]
-            self.valid[:, a:z] = valid[:, i:j]
-            self.slot_positions[a:z] = new_pos[i:j]
+            kbuf[:, :, a:z] = k[:, :, i:j]
+            vbuf[:, :, a:z] = v[:, :, i:j]
+            vld[:, a:z] = valid[:, i:j]
             i = j
-        self.length += n_new
+        self.length = end
         return out
 
     def extra_repr(self) -> str:
