@@ -291,6 +291,10 @@ class DecoderLM(nn.Module):
                                    "local": _rotary(c.head_dim, c.rope_base_local, 1.0)})
         self.cond = None if c.cond_dim is None else InAttentionCondition(c.dim, c.cond_dim, c.cond_placement)
         nn.init.normal_(self.embed.weight, std=0.02)
+        same = c.rope_base == c.rope_base_local and c.rope_scaling == 1.0
+        # the RoPE table each layer type reads (its own, or the global one when the two are equal: Gemma 2)
+        self._rope_sources = {t: "global" if same else t for t in sorted(set(c.layer_types), key="global".__ne__)}
+        self._normalizers: dict[torch.dtype, float] = {}
 
     def _apply(self, fn, recurse=True):
         # RoPE frequencies stay float32 whatever dtype the model is cast to (``.to(torch.bfloat16)`` would round
@@ -330,8 +334,17 @@ class DecoderLM(nn.Module):
         valid = attention_mask.to(device=input_ids.device, dtype=torch.bool)
         return None if bool(valid.all()) else valid
 
+    def _normalizer(self, dtype: torch.dtype) -> float:
+        # HF multiplies by sqrt(E) as a tensor in the model dtype (bf16: sqrt(3072) -> 55.5); the same value as a
+        # Python float gives the same product without building a tensor per call
+        if dtype not in self._normalizers:
+            self._normalizers[dtype] = float(torch.tensor(math.sqrt(self.config.dim), dtype=dtype))
+        return self._normalizers[dtype]
+
     def _positions(self, valid: Tensor | None, n: int, cache: LMCache | None, device: torch.device) -> Tensor:
         # each sample's positions count its real tokens only: left padding does not shift RoPE
+        if valid is None and n == 1 and cache is not None:
+            return cache.next_position[:, None]  # (B, 1): a decode step
         if valid is None:
             rel = torch.arange(n, device=device)[None]  # (1, L)
         else:
@@ -372,11 +385,14 @@ class DecoderLM(nn.Module):
         elif in_attn_cond is not None:
             raise ValueError("in_attn_cond: this model has no condition (config.cond_dim is None), got a tensor")
         x = self.embed(input_ids)
-        x = x * torch.tensor(math.sqrt(self.config.dim), dtype=x.dtype)  # HF: the normalizer in the model dtype
+        x = x * self._normalizer(x.dtype)
         positions = self._positions(valid, n, cache, input_ids.device)
-        tables = {t: self.rope[t](positions, dtype=x.dtype) for t in set(self.config.layer_types)}
-        for i, layer in enumerate(self.layers):
-            x = layer(x, tables[layer.layer_type], valid, None if cache is None else cache.layers[i], cond)
+        tables = {}
+        for kind, source in self._rope_sources.items():  # Gemma 2: one table serves both layer types
+            tables[kind] = tables[source] if source in tables else self.rope[source](positions, dtype=x.dtype)
+        caches = [None] * len(self.layers) if cache is None else cache.layers
+        for layer, layer_cache in zip(self.layers, caches):
+            x = layer(x, tables[layer.layer_type], valid, layer_cache, cond)
         if cache is not None:
             cache.next_position += n if valid is None else valid.sum(dim=1)
         return self.norm(x)
