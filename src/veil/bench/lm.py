@@ -18,6 +18,8 @@ local and global layers, a sliding window) and converts it with :meth:`DecoderLM
    tokens: :meth:`DecoderLM.prefill` with ``chunk_size``, HF by calling the model on successive chunks with its
    cache): the local layers' bytes must not grow with the context.
 
+Everything runs under ``torch.inference_mode()``, both models alike.
+
 Legend: B batch, L tokens, E width, W sliding window, V vocabulary.
 """
 
@@ -193,7 +195,7 @@ def run(cfg: Config, log: Callable[[str], None] = print) -> Result:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # both models alike (veil's generate runs its loop this way)
             return _run(cfg, log)
     finally:
         torch.set_num_threads(saved)
@@ -352,7 +354,7 @@ def section(name: str, title: str, res: Result, command: str) -> str:
         f"Model: Hugging Face `Gemma3ForCausalLM` (random weights, `attn_implementation=\"sdpa\"`, `DynamicCache`) "
         f"and veil's `DecoderLM.from_transformers` of it: {cfg.describe()}. Prefill: {cfg.context} tokens into a "
         f"fresh cache, median of {cfg.repeats}, veil's and HF's runs interleaved. Decode: {cfg.decode_tokens} greedy "
-        f"steps from there, interleaved step by step, median step. Peak MiB: torch allocations during one call "
+        f"steps from there, interleaved step by step, median step. Both under `torch.inference_mode()`. Peak MiB: torch allocations during one call "
         f"(prefill: cache creation included) beyond what existed before it.",
         "",
         tables(res),
