@@ -25,6 +25,7 @@ Legend: B batch, L tokens, E width, W sliding window, V vocabulary.
 
 from __future__ import annotations
 
+import inspect
 import statistics
 import time
 from collections.abc import Callable
@@ -174,9 +175,16 @@ def _hf_cache(hf):
     return DynamicCache(config=hf.config)
 
 
+def _hf_last(hf, ids: torch.Tensor, cache) -> torch.Tensor:
+    """HF forward of ``ids`` ``[B, L]`` appended to ``cache``; the last position's logits ``[B, V]``."""
+    # transformers 5.x renamed ``past_key_values`` to ``cache`` (the old name warns, then goes in 5.40)
+    name = "cache" if "cache" in inspect.signature(hf.forward).parameters else "past_key_values"
+    return hf(ids, use_cache=True, logits_to_keep=1, **{name: cache}).logits[:, -1]
+
+
 def _hf_step(hf, tok: torch.Tensor, cache) -> torch.Tensor:
     """One HF decode step: logits ``[B, V]`` of the tokens ``[B]`` appended to ``cache``."""
-    return hf(tok[:, None], past_key_values=cache, use_cache=True).logits[:, -1]
+    return _hf_last(hf, tok[:, None], cache)
 
 
 def _timed(fn: Callable[[], object]) -> tuple[float, object]:
@@ -225,7 +233,7 @@ def _run(cfg: Config, log: Callable[[str], None]) -> Result:
 
     def hf_prefill():
         cache = _hf_cache(hf)
-        return cache, hf(prompt, past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1]
+        return cache, _hf_last(hf, prompt, cache)
 
     times: dict[str, list[float]] = {i: [] for i in IMPLS}
     outs: dict[str, tuple] = {}
@@ -293,7 +301,7 @@ def _cache_rows(cfg: Config, hf, ours, ids: torch.Tensor) -> list[CacheRow]:
 
     def hf_fill():
         for s in range(0, n, cfg.chunk):
-            hf(ids[:, s:s + cfg.chunk], past_key_values=h_cache, use_cache=True, logits_to_keep=1)
+            _hf_last(hf, ids[:, s:s + cfg.chunk], h_cache)
 
     t_hf, _ = _timed(hf_fill)
     sizes = [layer.keys.nbytes + layer.values.nbytes for layer in h_cache.layers]
@@ -354,8 +362,10 @@ def section(name: str, title: str, res: Result, command: str) -> str:
         f"Model: Hugging Face `Gemma3ForCausalLM` (random weights, `attn_implementation=\"sdpa\"`, `DynamicCache`) "
         f"and veil's `DecoderLM.from_transformers` of it: {cfg.describe()}. Prefill: {cfg.context} tokens into a "
         f"fresh cache, median of {cfg.repeats}, veil's and HF's runs interleaved. Decode: {cfg.decode_tokens} greedy "
-        f"steps from there, interleaved step by step, median step. Both under `torch.inference_mode()`. Peak MiB: torch allocations during one call "
-        f"(prefill: cache creation included) beyond what existed before it.",
+        f"steps from there, interleaved step by step, median step. Both under `torch.inference_mode()`.  ",
+        "Peak MiB: torch allocations during one call beyond what existed before it (prefill: cache creation "
+        "included). veil allocates its global layers' cache for `max_len` tokens up front, so a decode step "
+        "allocates only activations; HF's `DynamicCache` concatenates each global layer's keys and values per step.",
         "",
         tables(res),
         f"<!-- /veil bench {name} -->",
