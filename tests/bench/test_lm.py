@@ -37,6 +37,8 @@ def test_config_is_checked():
         lm.Config(window=0)
     with pytest.raises(ValueError, match="threads: expected a positive int or None"):
         lm.Config(threads=0)
+    with pytest.raises(ValueError, match="clock: expected .cpu. or .wall., got .gpu."):
+        lm.Config(clock="gpu")
     assert lm.Config(layers=6, global_every=3).layer_types == ["sliding_attention", "sliding_attention",
                                                                "full_attention"] * 2
 
@@ -49,5 +51,6 @@ def test_cli_writes_its_section(tmp_path, capsys):
     text = doc.read_text()
     assert text.count("<!-- veil bench lm-quick -->") == 1
     assert "Command: `veil bench lm --quick --context 64" in text and "1 torch threads" in text
+    assert "CPU time of the process" in text
     assert "| veil | 64 |" in text
     assert "replaced the section 'lm --quick'" in capsys.readouterr().out

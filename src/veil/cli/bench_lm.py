@@ -24,6 +24,8 @@ def add_parser(programs) -> None:
     for name in ("layers", "dim", "heads", "kv_heads", "head_dim", "hidden", "vocab", "global_every", "batch",
                  "decode_tokens", "repeats", "chunk", "threads"):
         a.add_argument("--" + name.replace("_", "-"), type=int, help=f"default {getattr(d, name)}")
+    a.add_argument("--clock", choices=list(lm.CLOCKS), help="cpu: process CPU time, not inflated by other jobs on "
+                   "a shared machine; wall: elapsed time (default cpu)")
     a.add_argument("--memory-contexts", type=int, nargs="+", help="contexts of the cache-size table (default "
                    + " ".join(map(str, d.memory_contexts)) + ")")
     a.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces")
@@ -33,7 +35,7 @@ def add_parser(programs) -> None:
 
 def run(args: argparse.Namespace, write: bool = True) -> int:
     keys = ("context", "window", "layers", "dim", "heads", "kv_heads", "head_dim", "hidden", "vocab", "global_every",
-            "batch", "decode_tokens", "repeats", "chunk", "threads", "memory_contexts")
+            "batch", "decode_tokens", "repeats", "chunk", "threads", "clock", "memory_contexts")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k in keys if (v := getattr(args, k)) is not None}
     cfg = lm.quick(**overrides) if args.quick else lm.Config(**overrides)
     print(cfg.describe(), flush=True)
