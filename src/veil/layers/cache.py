@@ -27,7 +27,8 @@ class CacheView(NamedTuple):
     Attributes:
         k, v: ``[B, Hkv, K, D]`` in chronological order, the ``L`` new tokens last.
         positions: ``[K]`` absolute positions of those keys (consecutive).
-        valid: ``[B, K]`` bool, False for keys written as padding.
+        valid: ``[B, K]`` bool, False for keys written as padding; a tensor of its own (later updates do not
+            change it). ``k`` and ``v`` may be views of the buffers: use them before the next update.
         has_padding: False when every key ever written was valid (the layer may skip the key mask).
     """
 
@@ -148,8 +149,10 @@ class KVCache(nn.Module):
             vbuf[:, :, start:end] = v
             vld[:, start:end] = True if valid is None else valid
             self.length = end
+            # valid is copied, not a view: a mask built from it is hashed by value (the tiles backend's plan cache),
+            # and later writes (a ring wrapping, reset) would change it under that key
             return CacheView(kbuf[:, :, :end], vbuf[:, :, :end], torch.arange(end, device=kbuf.device),
-                             vld[:, :end], self.has_padding)
+                             vld[:, :end].clone(), self.has_padding)
         if valid is None:
             valid = torch.ones(b, n_new, dtype=torch.bool, device=k.device)
         n_old = min(start, self.slots)
