@@ -7,6 +7,7 @@ import shlex
 import sys
 
 from veil.bench import attention, models, report
+from veil.cli import bench_lm
 from veil.cli.masks import grid_arg
 
 
@@ -15,6 +16,7 @@ def add_parser(sub) -> None:
                        "measured side by side in one run).")
     programs = p.add_subparsers(dest="program", metavar="PROGRAM", required=True)
     add_models_parser(programs)
+    bench_lm.add_parser(programs)
     a = programs.add_parser(
         "attention", help="every attention backend against dense SDPA, per mask and size",
         description="Median time, speed-up over dense SDPA without a mask, ideal speed-up (1 / density), "

@@ -27,7 +27,8 @@ class CacheView(NamedTuple):
     Attributes:
         k, v: ``[B, Hkv, K, D]`` in chronological order, the ``L`` new tokens last.
         positions: ``[K]`` absolute positions of those keys (consecutive).
-        valid: ``[B, K]`` bool, False for keys written as padding.
+        valid: ``[B, K]`` bool, False for keys written as padding; a tensor of its own (later updates do not
+            change it). ``k`` and ``v`` may be views of the buffers: use them before the next update.
         has_padding: False when every key ever written was valid (the layer may skip the key mask).
     """
 
@@ -79,8 +80,6 @@ class KVCache(nn.Module):
                              persistent=False)
         self.register_buffer("v", torch.zeros(batch, kv_heads, slots, head_dim, dtype=dtype, device=device),
                              persistent=False)
-        self.register_buffer("slot_positions", torch.full((slots,), -1, dtype=torch.long, device=device),
-                             persistent=False)
         self.register_buffer("valid", torch.zeros(batch, slots, dtype=torch.bool, device=device), persistent=False)
         self.length = 0
         self.has_padding = False
@@ -89,18 +88,29 @@ class KVCache(nn.Module):
     def is_ring(self) -> bool:
         return self.window is not None
 
+    @property
+    def slot_positions(self) -> Tensor:
+        """``[S]`` absolute position of the token in each slot (-1: empty), from ``length`` alone: slot ``i``
+        holds the latest ``p < length`` with ``p % S == i`` (static: ``p == i``). Not stored, so an update
+        writes no positions."""
+        i = torch.arange(self.slots, device=self.k.device)
+        last = self.length - 1 - i  # (S,)
+        return torch.where(last >= 0, i + self.slots * last.div(self.slots, rounding_mode="floor"), -1)
+
     def reset(self) -> None:
         """Forget every token (buffers are kept)."""
         self.length = 0
         self.has_padding = False
-        self.slot_positions.fill_(-1)
         self.valid.zero_()
 
-    def _chronological(self) -> Tensor:
-        # slots of the cached tokens, oldest first
-        n = min(self.length, self.slots)
-        start = self.length - n
-        return (torch.arange(start, self.length, device=self.k.device)) % self.slots
+    def _runs(self, start: int, count: int) -> list[tuple[int, int]]:
+        """Slot ranges ``[a, b)`` holding tokens ``start .. start + count - 1``, oldest first (at most two: the ring
+        wraps once). Plain slices, so reading and writing them copies no index tensor (a decode step's hot path)."""
+        if count <= 0:
+            return []
+        a = start % self.slots
+        first = min(count, self.slots - a)
+        return [(a, a + first)] + ([(0, count - first)] if count > first else [])
 
     def update(self, k: Tensor, v: Tensor, valid: Tensor | None = None) -> CacheView:
         """Append ``L`` new tokens and return the keys attention should see.
@@ -123,9 +133,7 @@ class KVCache(nn.Module):
         if k.dim() != 4 or (b, h, d) != (self.batch, self.k.shape[1], self.k.shape[3]) or v.shape != k.shape:
             raise ValueError(f"k, v: expected [B, Hkv, L, D] = [{self.batch}, {self.k.shape[1]}, L, {self.k.shape[3]}]"
                              f", got k {list(k.shape)}, v {list(v.shape)}")
-        if valid is None:
-            valid = torch.ones(b, n_new, dtype=torch.bool, device=k.device)
-        else:
+        if valid is not None:
             if valid.dtype != torch.bool or tuple(valid.shape) != (b, n_new):
                 raise ValueError(f"valid: expected a bool tensor [B, L] = [{b}, {n_new}], got "
                                  f"{valid.dtype} {list(valid.shape)}")
@@ -133,32 +141,38 @@ class KVCache(nn.Module):
         if self.length + n_new > self.max_len:
             raise ValueError(f"k: the cache holds at most max_len={self.max_len} tokens, got {self.length} cached "
                              f"+ {n_new} new")
-        k, v = k.to(self.k.dtype), v.to(self.v.dtype)
-        new_pos = torch.arange(self.length, self.length + n_new, device=self.k.device)
-        if not self.is_ring:
-            end = self.length + n_new
-            self.k[:, :, self.length:end] = k
-            self.v[:, :, self.length:end] = v
-            self.valid[:, self.length:end] = valid
-            self.slot_positions[self.length:end] = new_pos
+        kbuf, vbuf, vld = self.k, self.v, self.valid  # one module attribute lookup each (decode's hot path)
+        k, v = k.to(kbuf.dtype), v.to(vbuf.dtype)
+        start, end = self.length, self.length + n_new
+        if end <= self.slots:  # static, or a ring that has not wrapped yet: token p in slot p, written in place
+            kbuf[:, :, start:end] = k
+            vbuf[:, :, start:end] = v
+            vld[:, start:end] = True if valid is None else valid
             self.length = end
-            return CacheView(self.k[:, :, :end], self.v[:, :, :end], self.slot_positions[:end],
-                             self.valid[:, :end], self.has_padding)
-        old = self._chronological()  # (n_old,)
+            # valid is copied, not a view: a mask built from it is hashed by value (the tiles backend's plan cache),
+            # and later writes (a ring wrapping, reset) would change it under that key
+            return CacheView(kbuf[:, :, :end], vbuf[:, :, :end], torch.arange(end, device=kbuf.device),
+                             vld[:, :end].clone(), self.has_padding)
+        if valid is None:
+            valid = torch.ones(b, n_new, dtype=torch.bool, device=k.device)
+        n_old = min(start, self.slots)
+        old = self._runs(start - n_old, n_old)  # the cached tokens, oldest first
         out = CacheView(
-            torch.cat([self.k[:, :, old], k], dim=2),  # (B, Hkv, n_old + L, D)
-            torch.cat([self.v[:, :, old], v], dim=2),
-            torch.cat([self.slot_positions[old], new_pos]),
-            torch.cat([self.valid[:, old], valid], dim=1),
+            torch.cat([kbuf[:, :, a:z] for a, z in old] + [k], dim=2),  # (B, Hkv, n_old + L, D)
+            torch.cat([vbuf[:, :, a:z] for a, z in old] + [v], dim=2),
+            torch.arange(start - n_old, end, device=kbuf.device),
+            torch.cat([vld[:, a:z] for a, z in old] + [valid], dim=1),
             self.has_padding,
         )
         keep = min(n_new, self.slots)  # only the last `slots` new tokens survive
-        slots = new_pos[n_new - keep:] % self.slots
-        self.k[:, :, slots] = k[:, :, n_new - keep:]
-        self.v[:, :, slots] = v[:, :, n_new - keep:]
-        self.valid[:, slots] = valid[:, n_new - keep:]
-        self.slot_positions[slots] = new_pos[n_new - keep:]
-        self.length += n_new
+        i = n_new - keep
+        for a, z in self._runs(start + i, keep):
+            j = i + z - a
+            kbuf[:, :, a:z] = k[:, :, i:j]
+            vbuf[:, :, a:z] = v[:, :, i:j]
+            vld[:, a:z] = valid[:, i:j]
+            i = j
+        self.length = end
         return out
 
     def extra_repr(self) -> str:

@@ -291,6 +291,10 @@ class DecoderLM(nn.Module):
                                    "local": _rotary(c.head_dim, c.rope_base_local, 1.0)})
         self.cond = None if c.cond_dim is None else InAttentionCondition(c.dim, c.cond_dim, c.cond_placement)
         nn.init.normal_(self.embed.weight, std=0.02)
+        same = c.rope_base == c.rope_base_local and c.rope_scaling == 1.0
+        # the RoPE table each layer type reads (its own, or the global one when the two are equal: Gemma 2)
+        self._rope_sources = {t: "global" if same else t for t in sorted(set(c.layer_types), key="global".__ne__)}
+        self._normalizers: dict[torch.dtype, float] = {}
 
     def _apply(self, fn, recurse=True):
         # RoPE frequencies stay float32 whatever dtype the model is cast to (``.to(torch.bfloat16)`` would round
@@ -330,8 +334,17 @@ class DecoderLM(nn.Module):
         valid = attention_mask.to(device=input_ids.device, dtype=torch.bool)
         return None if bool(valid.all()) else valid
 
+    def _normalizer(self, dtype: torch.dtype) -> float:
+        # HF multiplies by sqrt(E) as a tensor in the model dtype (bf16: sqrt(3072) -> 55.5); the same value as a
+        # Python float gives the same product without building a tensor per call
+        if dtype not in self._normalizers:
+            self._normalizers[dtype] = float(torch.tensor(math.sqrt(self.config.dim), dtype=dtype))
+        return self._normalizers[dtype]
+
     def _positions(self, valid: Tensor | None, n: int, cache: LMCache | None, device: torch.device) -> Tensor:
         # each sample's positions count its real tokens only: left padding does not shift RoPE
+        if valid is None and n == 1 and cache is not None:
+            return cache.next_position[:, None]  # (B, 1): a decode step
         if valid is None:
             rel = torch.arange(n, device=device)[None]  # (1, L)
         else:
@@ -372,11 +385,14 @@ class DecoderLM(nn.Module):
         elif in_attn_cond is not None:
             raise ValueError("in_attn_cond: this model has no condition (config.cond_dim is None), got a tensor")
         x = self.embed(input_ids)
-        x = x * torch.tensor(math.sqrt(self.config.dim), dtype=x.dtype)  # HF: the normalizer in the model dtype
+        x = x * self._normalizer(x.dtype)
         positions = self._positions(valid, n, cache, input_ids.device)
-        tables = {t: self.rope[t](positions, dtype=x.dtype) for t in set(self.config.layer_types)}
-        for i, layer in enumerate(self.layers):
-            x = layer(x, tables[layer.layer_type], valid, None if cache is None else cache.layers[i], cond)
+        tables = {}
+        for kind, source in self._rope_sources.items():  # Gemma 2: one table serves both layer types
+            tables[kind] = tables[source] if source in tables else self.rope[source](positions, dtype=x.dtype)
+        caches = [None] * len(self.layers) if cache is None else cache.layers
+        for layer, layer_cache in zip(self.layers, caches):
+            x = layer(x, tables[layer.layer_type], valid, layer_cache, cond)
         if cache is not None:
             cache.next_position += n if valid is None else valid.sum(dim=1)
         return self.norm(x)
@@ -415,9 +431,27 @@ class DecoderLM(nn.Module):
 
     @torch.no_grad()
     def prefill(self, input_ids: Tensor, attention_mask: Tensor | None, cache: LMCache,
-                in_attn_cond: Tensor | None = None) -> Tensor:
-        """Run the prompt through the model into ``cache``; returns the last position's logits ``[B, V]``."""
-        h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond)
+                in_attn_cond: Tensor | None = None, *, chunk_size: int | None = None) -> Tensor:
+        """Run the prompt through the model into ``cache``; returns the last position's logits ``[B, V]``.
+
+        Args:
+            input_ids, attention_mask, cache, in_attn_cond: as :meth:`hidden_states`.
+            chunk_size: feed the prompt ``chunk_size`` tokens at a time (None: all at once). Exact, not an
+                approximation: each chunk attends to the cache's view (the previous tokens a layer keeps, then
+                the chunk), and masks align bottom-right, so every query sees the keys it would see in one pass.
+                Activations and the local layers' score tiles then scale with the chunk, not the prompt.
+
+        Raises:
+            ValueError: ``chunk_size`` is not a positive int, or as :meth:`hidden_states`.
+        """
+        if chunk_size is None:
+            h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond)
+            return self.logits(h[:, -1])
+        _positive_int("chunk_size", chunk_size)
+        self._valid(input_ids, attention_mask)  # the whole prompt's shapes, before any chunk enters the cache
+        for s in range(0, input_ids.shape[1], chunk_size) or [0]:
+            part = None if attention_mask is None else attention_mask[:, s:s + chunk_size]
+            h = self.hidden_states(input_ids[:, s:s + chunk_size], part, cache=cache, in_attn_cond=in_attn_cond)
         return self.logits(h[:, -1])
 
     @torch.no_grad()
@@ -426,7 +460,6 @@ class DecoderLM(nn.Module):
         h = self.hidden_states(tokens[:, None], cache=cache, in_attn_cond=in_attn_cond)
         return self.logits(h[:, -1])
 
-    @torch.no_grad()
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, max_new_tokens: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, generator: torch.Generator | None = None, seed: int | None = None,
@@ -451,7 +484,17 @@ class DecoderLM(nn.Module):
 
         Raises:
             ValueError: bad arguments, or padding that is not on the left.
+
+        The loop runs under ``torch.inference_mode()`` (no view or version-counter bookkeeping per op; measured
+        x1.17-1.19 on small models against ``no_grad``); the result is returned as a normal tensor.
         """
+        with torch.inference_mode():
+            out = self._generate(input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p,
+                                 generator, seed, eos_token_id, pad_token_id, in_attn_cond)
+        return out.clone()  # outside inference mode: a tensor the caller may update in place
+
+    def _generate(self, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p, generator,
+                  seed, eos_token_id, pad_token_id, in_attn_cond) -> Tensor:
         _positive_int("max_new_tokens", max_new_tokens)
         check_sampling(temperature, top_k, top_p)
         if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, int) \
