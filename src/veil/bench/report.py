@@ -70,10 +70,12 @@ def section(name: str, title: str, rows: list[Row], cfg: Config, command: str) -
         f"## `veil bench {title}`",
         "",
         f"Command: `{command}`  ",
-        f"Machine: {machine(cfg.device)}, device `{cfg.device}`  ",
+        f"Machine: {machine(cfg.device, cfg.threads)}, device `{cfg.device}`, load average "
+        f"{os.getloadavg()[0]:.1f}  ",
         f"Date: {date}  ",
         f"Shapes: batch {cfg.batch}, {cfg.heads} heads, head dim {cfg.head_dim}, {cfg.dtype}, {what}; "
-        f"median of {cfg.repeats} runs after {cfg.warmup} warm-up.",
+        f"median of {cfg.repeats} runs after {cfg.warmup} warm-up; clock: {cfg.clock} "
+        f"({'process CPU time' if cfg.clock == 'cpu' else 'elapsed time'}).",
         "",
         LEGEND,
         "",

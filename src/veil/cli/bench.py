@@ -42,6 +42,9 @@ def add_parser(sub) -> None:
     a.add_argument("--repeats", type=int, help=f"timed runs per row, median reported (default {d.repeats})")
     a.add_argument("--max-scores-gib", type=float, help="skip 'reference' and 'naive' where their B x H x Q x K "
                    f"scores, at 4 bytes each, would exceed this (default {d.max_scores_gib:g})")
+    a.add_argument("--clock", choices=list(attention.CLOCKS), help="wall: elapsed time (default); cpu: the "
+                   "process's CPU time, which other jobs on a shared machine do not inflate")
+    a.add_argument("--threads", type=int, help="torch threads for the run (default: torch's setting)")
     a.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces "
                    "(default docs/benchmarks.md)")
     a.add_argument("--no-write", action="store_true", help="print the table only")
@@ -50,7 +53,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace, write: bool = True) -> int:
     keys = ("lengths", "grids", "masks", "backends", "dtype", "device", "batch", "heads", "head_dim", "backward",
-            "repeats", "max_scores_gib")
+            "repeats", "max_scores_gib", "clock", "threads")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k in keys if (v := getattr(args, k)) is not None}
     cfg = attention.quick(**overrides) if args.quick else attention.Config(**overrides)
     print(report.header(), flush=True)
