@@ -33,3 +33,14 @@ def test_new_cheaper_backend_is_picked_after_a_cached_choice():
     assert veil.explain(q, q, q, mask).backend == first
     veil.attend(q, q, q, mask)
     assert calls == [1]
+
+
+def test_sdpa_runs_a_decode_step_without_a_mask_when_every_key_is_visible():
+    from veil.attention.backends.sdpa import plan
+
+    assert plan(M.causal() & M.sliding_window(8), 1, 8) == "none"
+    assert plan(M.causal() & M.sliding_window(8), 1, 9) == "bool"  # the oldest key is out of the window
+    assert plan(M.causal() & M.key_padding(torch.tensor([3])), 1, 8) == "bool"
+    q, k = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 8, 4)
+    torch.testing.assert_close(veil.attend(q, k, k, M.causal() & M.sliding_window(8), backend="sdpa"),
+                               veil.attend(q, k, k, M.causal() & M.sliding_window(8), backend="reference"))

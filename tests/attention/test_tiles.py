@@ -91,3 +91,9 @@ def test_tiles_refuses_masks_without_local_structure():
     q = torch.randn(1, 1, 8, 4)
     with pytest.raises(ValueError, match="tiles"):
         veil.attend(q, q, q, M.causal(), backend="tiles")
+
+
+def test_plans_are_shared_by_masks_that_differ_only_in_padding():
+    a = plan_for(M.sliding_window(8) & M.key_padding(torch.tensor([30, 12])), 32, 32)
+    b = plan_for(M.sliding_window(8) & M.key_padding(torch.tensor([5, 32])), 32, 32)
+    assert a is b and not a.exact

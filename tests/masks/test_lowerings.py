@@ -270,3 +270,13 @@ def test_tile_order_helpers_check_the_length():
         M.to_tile_order(torch.zeros(1, 15, 2), (1, 4, 4), (1, 2, 2))
     with pytest.raises(ValueError, match="x"):
         M.from_tile_order(torch.zeros(1, 15, 2), (1, 4, 4), (1, 2, 2))
+
+
+def test_masks_keep_a_private_copy_of_their_tensors():
+    lengths = torch.tensor([2, 3])
+    keep = torch.tensor([[True, False, True]])
+    m, km = M.key_padding(lengths), M.key_mask(keep)
+    before, before_k = m.to_bool(2, 1, 1, 3).clone(), km.to_bool(1, 1, 1, 3).clone()
+    lengths[0] = 0
+    keep[0, 0] = False
+    assert torch.equal(m.to_bool(2, 1, 1, 3), before) and torch.equal(km.to_bool(1, 1, 1, 3), before_k)

@@ -31,7 +31,8 @@ def _check_lengths(name: str, lengths: object) -> Tensor:
         raise ValueError(f"{name}: expected shape [B], got {list(lengths.shape)}")
     if lengths.numel() and int(lengths.min()) < 0:
         raise ValueError(f"{name}: lengths must be >= 0, got min {int(lengths.min())}")
-    return lengths.long()
+    # a private copy: masks are immutable, so caches keyed on them stay right if the caller's tensor changes
+    return lengths.to(torch.long, copy=True)
 
 
 def _check_device(name: str, t: Tensor, device: torch.device | None) -> None:
@@ -167,7 +168,7 @@ class KeyMask(Mask):
             raise TypeError(f"keep: expected a bool tensor [B, K] (True = key may be attended), got {got}")
         if keep.dim() != 2:
             raise ValueError(f"keep: expected shape [B, K], got {list(keep.shape)}")
-        self.keep = keep
+        self.keep = keep.clone()  # immutable: see _check_lengths
 
     def tensors(self):
         return (self.keep,)
@@ -207,8 +208,8 @@ class Document(Mask):
                 raise TypeError(f"{name}: expected an int tensor [L] or [B, L], got {getattr(t, 'dtype', type(t))}")
             if t.dim() not in (1, 2):
                 raise ValueError(f"{name}: expected shape [L] or [B, L], got {list(t.shape)}")
-        self.q_ids = q_ids.long()
-        self.kv_ids = self.q_ids if kv_ids is None else kv_ids.long()
+        self.q_ids = q_ids.to(torch.long, copy=True)
+        self.kv_ids = self.q_ids if kv_ids is None else kv_ids.to(torch.long, copy=True)
         self.batch_dependent = self.q_ids.dim() == 2 or self.kv_ids.dim() == 2
 
     def tensors(self):

@@ -11,20 +11,31 @@ import torch
 
 from veil.attention.backends.common import sdpa_attention
 from veil.attention.registry import Backend, Call, register_backend
-from veil.masks import Causal, Full
+from veil.masks import And, Causal, Full, SlidingWindow
 
 _FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 
 
+def _all_visible(mask, q_len: int, kv_len: int) -> bool:
+    """True when the mask's structure alone shows every key visible to every query (no tensor is read)."""
+    if isinstance(mask, Full):
+        return True
+    if isinstance(mask, And):
+        return _all_visible(mask.left, q_len, kv_len) and _all_visible(mask.right, q_len, kv_len)
+    if q_len != 1:
+        return False
+    # one query at the last position (bottom-right): causal sees every key, a causal window the last `window`
+    if isinstance(mask, Causal):
+        return True
+    return isinstance(mask, SlidingWindow) and mask.causal and kv_len <= mask.window
+
+
 def plan(mask, q_len: int, kv_len: int) -> str:
     """How SDPA will run this mask: ``"none"``, ``"is_causal"`` or ``"bool"``."""
-    if mask is None or isinstance(mask, Full):
+    if mask is None or _all_visible(mask, q_len, kv_len):
         return "none"
-    if isinstance(mask, Causal):
-        if q_len == 1:
-            return "none"  # bottom-right: the one query sees every key
-        if q_len == kv_len:
-            return "is_causal"
+    if isinstance(mask, Causal) and q_len == kv_len:
+        return "is_causal"
     return "bool"
 
 

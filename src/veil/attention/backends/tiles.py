@@ -209,20 +209,24 @@ _PLAN_CACHE: OrderedDict[tuple, Plan | None] = OrderedDict()
 
 
 def plan_for(mask: Mask | None, q_len: int, kv_len: int) -> Plan | None:
-    """The cheapest plan over the mask's local conjuncts, or None when the mask has none."""
+    """The cheapest plan over the mask's local conjuncts, or None when the mask has none.
+
+    A plan depends only on the local conjuncts (which hold no tensors), whether other conjuncts exist, and the
+    lengths, so it is cached under those: padding masks that change at every decoding step share one plan.
+    """
     if mask is None:
         return None
-    key = (mask, q_len, kv_len)
+    parts = conjuncts(mask)
+    local = tuple(p for p in parts if type(p) in _PLANNERS)
+    if not local:
+        return None
+    key = (local, len(parts) > len(local), q_len, kv_len)
     if key in _PLAN_CACHE:
         _PLAN_CACHE.move_to_end(key)
         return _PLAN_CACHE[key]
     best: Plan | None = None
-    parts = conjuncts(mask)
-    for part in parts:
-        planner = _PLANNERS.get(type(part))
-        if planner is None:
-            continue
-        p = planner(part, q_len, kv_len)
+    for part in local:
+        p = _PLANNERS[type(part)](part, q_len, kv_len)
         if p is not None and (best is None or p.pairs() < best.pairs()):
             best = p
     if best is not None and best.exact and len(parts) > 1:
