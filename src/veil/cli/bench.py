@@ -61,6 +61,8 @@ def run(args: argparse.Namespace, write: bool = True) -> int:
     if write and not args.no_write:
         command = "veil " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
         key, title = ("attention-quick", "attention --quick") if args.quick else ("attention", "attention")
+        if cfg.backward:  # forward and forward + backward runs keep their own sections
+            key, title = key + "-backward", title + " --backward"
         report.update_doc(args.output, key, report.section(key, title, rows, cfg, command))
         print(f"replaced the section '{title}' of {args.output}")
     return 0
