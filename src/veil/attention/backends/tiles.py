@@ -78,8 +78,10 @@ class Plan:
 
 
 def _block_size(window: int) -> int:
-    # bk = bq + window - 1: a smaller bq wastes less, a larger one runs SDPA more efficiently.
-    return int(min(512, max(64, 2 ** round(math.log2(max(1, window) / 2)))))
+    # span = bq + window - 1: a smaller bq wastes less, a larger one runs SDPA more efficiently. Measured on
+    # 2 CPU cores at 16k tokens, window 512 (CPU time, % of the ideal speed-up): bq 32: 68% (1 thread) / 53%
+    # (2 threads); 64: 72% / 39%; 128: 62% / 37%; 256: 58% / 34%.
+    return int(min(128, max(16, 2 ** round(math.log2(max(1, window) / 16)))))
 
 
 def _plan_sliding(m: SlidingWindow, q_len: int, kv_len: int) -> Plan:
@@ -279,53 +281,56 @@ def _group_attention(q, k, v, q_idx, kv_idx, allowed, scale, softcap, contiguous
 
 
 def _sliding_fast(q, k, v, m: SlidingWindow, scale: float, bq: int):
-    """``sliding_window`` alone: key blocks are overlapping strided views (no gather copy) and one band
-    mask ``[bq, span]`` serves every block whose keys all exist; only edge blocks get their own mask."""
+    """``sliding_window`` alone, without gathers for interior blocks.
+
+    Block ``i`` holds queries ``[i*bq, (i+1)*bq)`` and keys ``[start_i, start_i + span)``. Blocks whose keys all
+    exist ("clean") read them as overlapping strided views of k and v and share one additive band bias
+    ``[bq, span]``; the few edge blocks (keys before 0 or past K) gather theirs and get their own bool mask.
+    """
     b, h, q_len, d = q.shape
-    kv_len, w = k.shape[2], m.window
+    kv_len, w, dv = k.shape[2], m.window, v.shape[-1]
     off = kv_len - q_len
     span = bq + w - 1 if m.causal else bq + 2 * w - 2
     nb = -(-q_len // bq)
     first = off - w + 1  # key index of slot 0 of block 0; block i starts at first + i * bq
-    front = max(0, -first)
-    back = max(0, (nb - 1) * bq + first + span - kv_len)
     pad = nb * bq - q_len
     if pad:
-        q = torch.nn.functional.pad(q, (0, 0, 0, pad))
-    kp = torch.nn.functional.pad(k, (0, 0, front, back)) if front or back else k
-    vp = torch.nn.functional.pad(v, (0, 0, front, back)) if front or back else v
-    s0 = first + front
+        q = torch.nn.functional.pad(q, (0, 0, 0, pad))  # padded rows are dropped at the end
     dev = q.device
     r = torch.arange(bq, device=dev)[:, None]
     j = torch.arange(span, device=dev)[None, :]
     diff = r + w - 1 - j  # absolute query position minus absolute key position
     band = (diff >= 0) & (diff < w) if m.causal else (diff > -w) & (diff < w)  # (bq, span)
-    starts = first + torch.arange(nb) * bq
-    clean = (starts >= 0) & (starts + span <= kv_len)
-    # row r of block i is a real query only if i*bq + r < Q; padded rows may be empty: sdpa_attention copes
-    outs = []
+    # every row of the band sees >= 1 key: an additive bias (0 / -inf) of one block, broadcast over blocks and
+    # heads, which SDPA reads as it is (a bool mask would be expanded and converted at every call)
+    band_bias = torch.zeros(band.shape, dtype=q.dtype, device=dev).masked_fill(~band, float("-inf"))[None, None]
+    starts = [first + i * bq for i in range(nb)]
+    clean = [s0 >= 0 and s0 + span <= kv_len for s0 in starts]
+    gqa = h != k.shape[1]
+    out = q.new_empty(b, h, nb * bq, dv)
     for bi in range(b):
-        qb = q[bi].unflatten(1, (nb, bq)).transpose(0, 1)  # (nb, H, bq, D)
-        kb = kp[bi, :, s0: s0 + (nb - 1) * bq + span].unfold(1, span, bq).permute(1, 0, 3, 2)  # (nb, Hkv, span, D)
-        vb = vp[bi, :, s0: s0 + (nb - 1) * bq + span].unfold(1, span, bq).permute(1, 0, 3, 2)
-        pieces = []
+        qb = q[bi].unflatten(1, (nb, bq)).transpose(0, 1)  # (nb, H, bq, D) view
         i = 0
         while i < nb:
-            c = bool(clean[i])
             i1 = i
-            while i1 < nb and bool(clean[i1]) == c:
+            while i1 < nb and clean[i1] == clean[i]:
                 i1 += 1
-            if c:
-                allowed = band[None, None]
+            if clean[i]:
+                lo, hi = starts[i], starts[i1 - 1] + span
+                kb = k[bi, :, lo:hi].unfold(1, span, bq).permute(1, 0, 3, 2)  # (n, Hkv, span, D) view
+                vb = v[bi, :, lo:hi].unfold(1, span, bq).permute(1, 0, 3, 2)
+                ob = torch.nn.functional.scaled_dot_product_attention(
+                    qb[i:i1], kb, vb, attn_mask=band_bias, scale=scale, enable_gqa=gqa)
             else:
-                key_abs = (starts[i:i1, None] + torch.arange(span)[None, :]).to(dev)  # (n, span)
+                key_abs = torch.tensor(starts[i:i1], device=dev)[:, None] + j  # (n, span)
                 valid = (key_abs >= 0) & (key_abs < kv_len)
-                allowed = (band[None] & valid[:, None, :])[:, None]  # (n, 1, bq, span)
-            pieces.append(sdpa_attention(qb[i:i1], kb[i:i1], vb[i:i1], allowed, scale))
+                idx = key_abs.clamp(0, kv_len - 1).reshape(-1)
+                kb = k[bi].index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)  # (n, Hkv, span, D)
+                vb = v[bi].index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)
+                ob = sdpa_attention(qb[i:i1], kb, vb, (band[None] & valid[:, None, :])[:, None], scale)
+            out[bi, :, i * bq: i1 * bq] = ob.transpose(0, 1).flatten(1, 2)  # (H, n*bq, Dv)
             i = i1
-        ob = torch.cat(pieces, dim=0) if len(pieces) > 1 else pieces[0]  # (nb, H, bq, Dv)
-        outs.append(ob.transpose(0, 1).reshape(h, nb * bq, -1)[:, :q_len])
-    return torch.stack(outs, dim=0)  # (B, H, Q, Dv)
+    return out[:, :, :q_len] if pad else out  # (B, H, Q, Dv)
 
 
 def _fold_spatial(m: Spatial, x: Tensor) -> tuple[Tensor, object]:
