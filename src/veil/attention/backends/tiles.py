@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.utils.checkpoint import checkpoint
@@ -64,6 +64,9 @@ class Plan:
     exact: bool
     local: Mask
     bq: int
+    #: visibility of the gathered pairs per block group, kept when the mask is the local one alone (it then
+    #: depends on nothing but the plan); keyed by (first block, last block, device)
+    inner: dict = field(default_factory=dict)
 
     @property
     def num_blocks(self) -> int:
@@ -151,12 +154,14 @@ def _box_plan(grid, q_box, k_lo, k_hi, q_order: Tensor | None = None) -> tuple[T
 
 def _plan_window_3d(m: Window3D, q_len: int, kv_len: int) -> Plan:
     grid = m.grid
-    # query tiles: whole frames' rows/cols chunks of ~128 tokens, divisors of the grid
+    # query tiles of ~32 tokens in one frame, divisors of the grid: a key box is the query box grown by the
+    # window, so small boxes waste less. Measured at 16x32x32, window (3, 9, 9), 1 thread, CPU time: boxes
+    # (1, 4, 8) 14% of the ideal speed-up, (1, 8, 8) 12.5%, (1, 8, 16) 11.4%, (1, 4, 4) 7.7%.
     def divisor(n: int, target: int) -> int:
         return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, target))
 
-    bw = divisor(grid[2], 16)
-    bh = divisor(grid[1], max(1, 128 // bw))
+    bw = divisor(grid[2], 8)
+    bh = divisor(grid[1], max(1, 32 // bw))
     q_box = (1, bh, bw)
     r = [v // 2 for v in m.window]
     lo = [
@@ -401,8 +406,13 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
     outs = []
     for g0 in range(0, nb, group):
         g1 = min(nb, g0 + group)
-        allowed = _inner_mask(mask, plan, q_pred_index[g0:g1], kv_index[g0:g1],
-                              None if kv_valid is None else kv_valid[g0:g1], b, h, q_len, kv_len, dev)
+        reuse = mask == plan.local and not mask.batch_dependent and not mask.head_dependent
+        allowed = plan.inner.get((g0, g1, str(dev))) if reuse else None
+        if allowed is None:
+            allowed = _inner_mask(mask, plan, q_pred_index[g0:g1], kv_index[g0:g1],
+                                  None if kv_valid is None else kv_valid[g0:g1], b, h, q_len, kv_len, dev)
+            if reuse and allowed is not None:
+                plan.inner[(g0, g1, str(dev))] = allowed
         args = (q, k, v, q_index[g0:g1], kv_index[g0:g1], allowed, scale, softcap, contiguous_q)
         if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad) and group < nb:
             outs.append(checkpoint(_group_attention, *args, use_reentrant=False))
