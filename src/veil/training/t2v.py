@@ -46,6 +46,8 @@ class T2VConfig:
             name held-out combinations, e.g. "blue triangle").
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
         shift, timesteps: flow matching sigma shift and timestep sampling ("logit_normal" or "uniform").
+        prediction: "x0" (the network predicts the clean clip, see :class:`~veil.pipelines.t2v.XPrediction`) or
+            "velocity".
         scheduler, guidance, sample_steps, overlap: sampling defaults stored with the checkpoint.
         steps, batch_size, lr, warmup_steps, grad_clip, ema_decay, text_dropout, weight_decay, seed, log_every,
             checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`); ``threads``: torch
@@ -65,8 +67,9 @@ class T2VConfig:
     exclude: list[str] = dataclasses.field(default_factory=lambda: ["blue triangle", "green moving up"])
     text_encoder: str = "minilm"
     cache_dir: str = "~/.cache/veil/text"
-    shift: float = 1.0
+    shift: float = 2.0
     timesteps: str = "logit_normal"
+    prediction: str = "x0"
     scheduler: str = "flow_euler"
     guidance: float = 4.0
     sample_steps: int = 20
@@ -96,7 +99,7 @@ class T2VConfig:
                      freq_dim=self.freq_dim)
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
                               objective="flow", shift=self.shift, scheduler=self.scheduler, guidance=self.guidance,
-                              steps=self.sample_steps, overlap=self.overlap)
+                              steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction)
 
     def train_config(self, out_dir: str | None, resume: str | None, progress: bool = True) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
