@@ -131,6 +131,7 @@ def _read_mp4(path):
 def test_save_grid_places_each_video(tmp_path):
     videos = torch.full((3, 3, 2, 8, 8), -1.0)
     videos[1, 1] = 1  # the second cell green
+    videos[2, :, 1] = 0  # the third cell grey in its second frame (identical frames would merge in the GIF)
     path = save_grid(videos, tmp_path / "g.gif", ["a", "b", "c"], columns=2, scale=1)
     frames = iio.imread(path, index=None)
     cell = to_frames(videos[1])
