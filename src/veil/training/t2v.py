@@ -59,7 +59,7 @@ class T2VConfig:
     layers: int = 3
     ffn_dim: int = 288
     freq_dim: int = 64
-    patch: tuple[int, int, int] = (1, 8, 8)
+    patch: tuple[int, int, int] = (2, 4, 4)
     frames: int = 8
     size: int = 32
     samples: int = 8192
@@ -74,7 +74,7 @@ class T2VConfig:
     guidance: float = 4.0
     sample_steps: int = 20
     overlap: int = 4
-    steps: int = 2000
+    steps: int = 1400
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -114,7 +114,7 @@ def _text_dim(name: str) -> int:
 
 
 PRESETS: dict[str, T2VConfig] = {
-    # the shipped default: 2000 steps of batch 32 on 2 CPU cores (see README for the measured time)
+    # the shipped default: 1400 steps of batch 32 on 2 CPU cores (see README for the measured time)
     "tiny-t2v": T2VConfig(),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
