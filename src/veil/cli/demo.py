@@ -6,6 +6,8 @@ import argparse
 import pathlib
 import time
 
+import torch
+
 from veil.bench import attention, report
 from veil.masks import parse
 from veil.masks.render import to_ascii, to_png
@@ -38,6 +40,8 @@ def add_parser(sub) -> None:
     p.add_argument("--masks", action="store_true", help="the mask pictures and quick attention benchmark")
     p.add_argument("--checkpoint", help=argparse.SUPPRESS)  # tests: another checkpoint
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests: small cases
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
     p.set_defaults(run=run, parser=p)
 
 
@@ -49,6 +53,7 @@ def run_t2v(args: argparse.Namespace) -> int:
     from veil.pipelines import TextToVideo, save_grid, save_video
     from veil.pipelines.evaluate import score_videos, truth_of
 
+    torch.set_num_threads(args.threads)
     out = pathlib.Path(args.out)
     pipe = TextToVideo.from_checkpoint(args.checkpoint)
     prompts = PROMPTS[:2] if args.tiny else PROMPTS

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import torch
+
 from veil.pipelines import TextToVideo
 from veil.pipelines.evaluate import evaluate, markdown
 
@@ -21,10 +23,13 @@ def add_parser(sub) -> None:
     p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's)")
     p.add_argument("--guidance", type=float, help="guidance scale (default: the checkpoint's)")
     p.add_argument("--extension-prompts", type=int, default=10, help="prompts extended 4x (0: skip)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
     p.set_defaults(run=run, parser=p)
 
 
 def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
     pipe = TextToVideo.from_checkpoint(args.checkpoint)
     prompts = None
     if args.prompts:

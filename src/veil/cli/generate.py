@@ -24,6 +24,8 @@ def add_parser(sub) -> None:
                    help="hold frame INDEX to an image file (resized to the frame size); repeatable")
     p.add_argument("--extend", type=int, metavar="N", help="extend to N frames, window by window")
     p.add_argument("--checkpoint", help="a checkpoint from 'veil train' (default: the shipped tiny-t2v)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
     p.set_defaults(run=run, parser=p)
 
 
@@ -37,6 +39,7 @@ def _keyframe(spec: str, size: int) -> tuple[int, torch.Tensor]:
 
 
 def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
     pipe = TextToVideo.from_checkpoint(args.checkpoint)
     keyframes = dict(_keyframe(k, pipe.config.size) for k in args.keyframe) or None
     video = pipe(args.prompt, args.negative_prompt, guidance=args.guidance, steps=args.steps, seed=args.seed,
