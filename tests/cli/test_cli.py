@@ -55,7 +55,7 @@ def test_bench_quick_tiny_writes_its_table_and_replaces_it(capsys, tmp_path):
 
 def test_demo_tiny_prints_pictures_writes_pngs_and_not_the_docs(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc, out = run(capsys, "demo", "--tiny", "--out", "pics")
+    rc, out = run(capsys, "demo", "--masks", "--tiny", "--out", "pics")
     assert rc == 0
     assert "#########...\n##########..\n###########.\n############" in out  # causal, Q=4 after 8 cached
     assert "| causal | 64 | sdpa (auto) |" in out
@@ -64,7 +64,8 @@ def test_demo_tiny_prints_pictures_writes_pngs_and_not_the_docs(capsys, tmp_path
     assert not (tmp_path / "docs").exists()
 
 
-@pytest.mark.parametrize("argv", [[], ["masks", "show"], ["bench", "attention"], ["demo"]])
+@pytest.mark.parametrize("argv", [[], ["masks", "show"], ["bench", "attention"], ["demo"], ["train"], ["generate"],
+                                  ["eval"]])
 def test_help_texts(capsys, argv):
     with pytest.raises(SystemExit) as e:
         main([*argv, "--help"])

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from veil import __version__
-from veil.cli import bench, demo, masks
+from veil.cli import bench, demo, evaluate, generate, masks, train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"veil {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (masks, bench, demo):
+    for module in (masks, bench, train, generate, evaluate, demo):
         module.add_parser(sub)
     return parser
 

@@ -1,0 +1,49 @@
+"""``veil generate``: a prompt in, a GIF or MP4 out (the shipped checkpoint unless --checkpoint)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from PIL import Image
+
+from veil.pipelines import TextToVideo, save_video
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt",
+                       description="Generate a video for PROMPT and write it as GIF or MP4 (by the -o suffix).")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", default="out.gif", help="a .gif or .mp4 file (default out.gif)")
+    p.add_argument("--negative-prompt", help="what to steer away from (default: the null prompt)")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the checkpoint's)")
+    p.add_argument("--steps", type=int, help="sampler steps (default: the checkpoint's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, help="frames per window (default: the trained length)")
+    p.add_argument("--keyframe", action="append", default=[], metavar="INDEX=IMAGE",
+                   help="hold frame INDEX to an image file (resized to the frame size); repeatable")
+    p.add_argument("--extend", type=int, metavar="N", help="extend to N frames, window by window")
+    p.add_argument("--checkpoint", help="a checkpoint from 'veil train' (default: the shipped tiny-t2v)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
+    p.set_defaults(run=run, parser=p)
+
+
+def _keyframe(spec: str, size: int) -> tuple[int, torch.Tensor]:
+    index, sep, path = spec.partition("=")
+    if not sep or not index.strip().lstrip("-").isdigit():
+        raise ValueError(f"--keyframe: expected INDEX=IMAGE, got {spec!r}")
+    img = Image.open(path).convert("RGB").resize((size, size))
+    x = torch.tensor(list(img.getdata()), dtype=torch.float32).reshape(size, size, 3).permute(2, 0, 1)
+    return int(index), x / 127.5 - 1  # (3, H, W) in [-1, 1]
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    pipe = TextToVideo.from_checkpoint(args.checkpoint)
+    keyframes = dict(_keyframe(k, pipe.config.size) for k in args.keyframe) or None
+    video = pipe(args.prompt, args.negative_prompt, guidance=args.guidance, steps=args.steps, seed=args.seed,
+                 frames=args.frames, keyframes=keyframes, extend_to=args.extend, progress=True)
+    path = save_video(video[0], args.output)
+    print(f"{path}: {video.shape[2]} frames of {video.shape[3]}x{video.shape[4]}")
+    return 0

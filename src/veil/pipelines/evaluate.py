@@ -1,0 +1,195 @@
+"""Prompt-following evaluation: generate, recover (colour, shape, direction) with the world's analyzer, score.
+
+Legend: B batch, C channels, T frames, H W pixels. Videos are float32 ``[B, C, T, H, W]`` in ``[-1, 1]``.
+
+Scores are shares in [0, 1]: per attribute (colour, shape, motion) and for all three at once, over the seen
+prompts and over the held-out ones (combinations the training run excluded), and per held-out combination.
+The extension check generates ``factor`` times the trained length window by window and counts the windows
+(consecutive, non-overlapping, of the trained length) whose colour and motion still match the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from veil.data import analyze, caption, parse_phrase, split_combinations
+from veil.pipelines.media import save_grid
+
+__all__ = ["ATTRIBUTES", "default_prompts", "evaluate", "score_videos", "truth_of", "window_scores"]
+
+ATTRIBUTES = ("colour", "shape", "motion")
+
+
+def truth_of(prompt: str) -> tuple[str, str, str]:
+    """The (colour, shape, motion) a prompt names ("a red circle moving left").
+
+    Raises:
+        ValueError: the prompt does not name all three (or uses unknown words).
+    """
+    p = parse_phrase(prompt)
+    if None in (p.colour, p.shape, p.motion):
+        raise ValueError(f"prompt {prompt!r}: expected a colour, a shape and a motion, got {p}")
+    return p.colour, p.shape, p.motion  # type: ignore[return-value]
+
+
+def default_prompts(exclude: Iterable[str] | None) -> dict[str, list[str]]:
+    """Canonical prompts of every seen and every held-out combination under ``exclude``."""
+    seen, held = split_combinations(list(exclude) if exclude else None)
+    return {"seen": [caption(*c) for c in seen], "held_out": [caption(*c) for c in held]}
+
+
+def score_videos(videos: Tensor, truths: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """Analyze each video and compare with its truth.
+
+    Args:
+        videos: [B, 3, T, H, W] in [-1, 1].
+        truths: B (colour, shape, motion) triples.
+
+    Returns:
+        ``{"n", "colour", "shape", "motion", "all"}`` (shares in [0, 1]) and ``"rows"``: per video the truth,
+        the analysis and which attributes matched.
+
+    Raises:
+        ValueError: a count of truths other than B.
+    """
+    if videos.dim() != 5 or len(truths) != videos.shape[0]:
+        raise ValueError(f"truths: expected {videos.shape[0] if videos.dim() == 5 else '?'} triples for videos "
+                         f"{list(videos.shape)}, got {len(truths)}")
+    rows = []
+    for v, truth in zip(videos, truths):
+        got = analyze(v).as_tuple()
+        ok = {a: g == t for a, g, t in zip(ATTRIBUTES, got, truth)}
+        rows.append({"truth": list(truth), "got": list(got), **ok, "all": all(ok.values())})
+    n = len(rows)
+    out: dict[str, Any] = {"n": n}
+    for key in (*ATTRIBUTES, "all"):
+        out[key] = sum(r[key] for r in rows) / n if n else float("nan")
+    out["rows"] = rows
+    return out
+
+
+def window_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], window: int) -> dict[str, Any]:
+    """Split each long video into consecutive windows of ``window`` frames and score colour and motion in each.
+
+    Returns:
+        ``{"windows", "colour", "motion", "both"}``: the number of windows and the shares that kept the prompt's
+        colour, its motion, and both.
+    """
+    t = videos.shape[2]
+    if window < 2 or t < window:
+        raise ValueError(f"window: expected 2 <= window <= T = {t}, got {window}")
+    counts = {"colour": 0, "motion": 0, "both": 0}
+    n = 0
+    for v, (colour, _, motion) in zip(videos, truths):
+        for start in range(0, t - window + 1, window):
+            got = analyze(v[:, start:start + window])
+            c, m = got.colour == colour, got.motion == motion
+            counts["colour"] += c
+            counts["motion"] += m
+            counts["both"] += c and m
+            n += 1
+    return {"windows": n, **{k: v / n for k, v in counts.items()}}
+
+
+def _generate(pipeline: Any, prompts: Sequence[str], batch: int, **kw: Any) -> Tensor:
+    out = [pipeline(list(prompts[i:i + batch]), **kw) for i in range(0, len(prompts), batch)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: Sequence[str] | None = None,
+             exclude: Iterable[str] | None = None, seed: int = 0, guidance: float | None = None,
+             steps: int | None = None, batch_size: int = 40, extension_prompts: int = 10, extend_factor: int = 4,
+             out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+    """Score how well ``pipeline`` follows prompts, and whether a long extension keeps colour and motion.
+
+    Args:
+        pipeline: a :class:`~veil.pipelines.TextToVideo` (anything called like one, with ``config.frames``).
+        prompts: seen prompts; None: every seen combination under ``exclude``.
+        held_out: held-out prompts; None: every held-out combination under ``exclude`` (none when ``prompts``
+            is given).
+        exclude: the training run's exclude phrases; None: the pipeline's checkpoint metadata (if any).
+        seed, guidance, steps: passed to the pipeline (None: its defaults).
+        batch_size: prompts per pipeline call.
+        extension_prompts: how many seen prompts (spread over the list) to extend; 0 skips the check.
+        extend_factor: the extension length in trained lengths.
+        out_dir: where to write ``report.json``, ``report.md``, ``seen.gif``, ``held_out.gif`` and
+            ``extension.gif`` (None: nothing written).
+
+    Returns:
+        The report: ``{"seen": scores, "held_out": scores, "held_out_combinations": {prompt: row},
+        "extension": window scores, "seconds": ...}`` with the scores of :func:`score_videos`.
+    """
+    t0 = time.perf_counter()
+    if exclude is None:
+        exclude = (getattr(pipeline, "extra", {}) or {}).get("run", {}).get("t2v_config", {}).get("exclude")
+    if prompts is None:
+        defaults = default_prompts(exclude)
+        prompts = defaults["seen"]
+        held_out = defaults["held_out"] if held_out is None else held_out
+    held_out = list(held_out or [])
+    prompts = list(prompts)
+    kw = dict(seed=seed, guidance=guidance, steps=steps)
+    report: dict[str, Any] = {"exclude": list(exclude or []), "seed": seed}
+    groups = {"seen": prompts, "held_out": held_out}
+    videos: dict[str, Tensor] = {}
+    for name, group in groups.items():
+        if not group:
+            continue
+        videos[name] = _generate(pipeline, group, batch_size, **kw)
+        report[name] = score_videos(videos[name], [truth_of(p) for p in group])
+        for p, row in zip(group, report[name]["rows"]):
+            row["prompt"] = p
+    if held_out:
+        report["held_out_combinations"] = {r["prompt"]: {a: r[a] for a in (*ATTRIBUTES, "all")} | {"got": r["got"]}
+                                           for r in report["held_out"]["rows"]}
+    long_videos = None
+    if extension_prompts > 0 and prompts:
+        stride = max(1, len(prompts) // extension_prompts)
+        chosen = prompts[::stride][:extension_prompts]
+        frames = pipeline.config.frames
+        long_videos = _generate(pipeline, chosen, batch_size, extend_to=extend_factor * frames, **kw)
+        report["extension"] = {"factor": extend_factor, "prompts": chosen,
+                               **window_scores(long_videos, [truth_of(p) for p in chosen], frames)}
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
+        (out / "report.md").write_text(markdown(report))
+        for name, v in videos.items():
+            save_grid(v, out / f"{name}.gif", groups[name], columns=8)
+        if long_videos is not None:
+            save_grid(long_videos, out / "extension.gif", report["extension"]["prompts"], columns=5)
+    return report
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """A short markdown summary of :func:`evaluate`'s report."""
+    lines = ["# Prompt-following evaluation", "", f"exclude (held out in training): {report.get('exclude')}", "",
+             "| prompts | n | colour | shape | motion | all three |", "|---|---|---|---|---|---|"]
+    for name in ("seen", "held_out"):
+        if name in report:
+            s = report[name]
+            lines.append(f"| {name} | {s['n']} | " + " | ".join(_pct(s[k]) for k in (*ATTRIBUTES, "all")) + " |")
+    if "held_out_combinations" in report:
+        lines += ["", "| held-out prompt | colour | shape | motion | recovered |", "|---|---|---|---|---|"]
+        for p, r in report["held_out_combinations"].items():
+            lines.append(f"| {p} | " + " | ".join("yes" if r[a] else "no" for a in ATTRIBUTES) +
+                         f" | {' '.join(str(g) for g in r['got'])} |")
+    if "extension" in report:
+        e = report["extension"]
+        lines += ["", f"Extension to {e['factor']}x the trained length ({e['windows']} windows): colour kept in "
+                  f"{_pct(e['colour'])}, motion in {_pct(e['motion'])}, both in {_pct(e['both'])}."]
+    return "\n".join(lines) + "\n"

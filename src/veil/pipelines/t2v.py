@@ -1,0 +1,288 @@
+"""Text to video: encode the prompt, sample latents with guidance, decode to frames; from a veil checkpoint.
+
+Legend: B batch, C channels, T frames, H W pixels (latent rows / columns for a VAE codec), L text tokens,
+Dt text width. Videos are float32 ``[B, C, T, H, W]`` in ``[-1, 1]``.
+
+A checkpoint written by ``veil train`` (:mod:`veil.training.t2v`) holds, in its safetensors metadata, the
+:class:`PipelineConfig` under ``extra["pipeline"]``: everything needed to rebuild the model, codec, text encoder
+and sampler without the training code. :meth:`TextToVideo.from_checkpoint` uses the EMA weights when present.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from veil.diffusion import DDPMObjective, FlowMatching, extend, make_scheduler, sample
+from veil.models.wan import WanDiT
+from veil.models.wan_config import WanConfig
+from veil.pipelines.codecs import PixelCodec
+from veil.pipelines.media import save_grid, save_video
+
+__all__ = ["DEFAULT_CHECKPOINT", "PipelineConfig", "TextToVideo", "XPrediction", "default_checkpoint",
+           "make_text_encoder", "save_grid", "save_video"]
+
+DEFAULT_CHECKPOINT = "tiny-t2v.safetensors"  # in the package's veil/assets
+
+
+class XPrediction(nn.Module):
+    """A flow-matching denoiser whose network predicts the clean sample: velocity ``(x - x0_hat) / sigma``.
+
+    In pixel space a patch holds more values than the model width (8x8x3 = 192 > 96): a velocity (or noise)
+    target, being mostly noise, cannot pass through that bottleneck, but the clean image, which lies on a
+    low-dimensional manifold, can (Li and He, "Back to Basics: Let Denoising Generative Models Denoise", 2025).
+    The wrapper keeps :mod:`veil.diffusion`'s velocity protocol, so the flow-matching loss becomes the
+    x0 error weighted by ``1 / sigma^2`` and sampling is unchanged.
+
+    Args:
+        model: the network (``model(x, timestep, context, context_lengths) -> x0_hat``).
+        min_sigma: ``sigma`` is clamped below at this (the weight ``1 / sigma^2`` stays bounded).
+    """
+
+    def __init__(self, model: nn.Module, min_sigma: float = 0.05):
+        super().__init__()
+        self.model = model
+        self.config = getattr(model, "config", None)
+        self.min_sigma = float(min_sigma)
+
+    def forward(self, x: Tensor, timestep: Tensor, context: Tensor, context_lengths: Tensor | None = None,
+                **kwargs: Any) -> Tensor:
+        x0 = self.model(x, timestep, context, context_lengths, **kwargs)[:, : x.shape[1]]
+        sigma = (timestep.to(x.dtype) / 1000).clamp(min=self.min_sigma).view(-1, *([1] * (x.dim() - 1)))
+        return (x - x0) / sigma  # (B, C, T, H, W)
+
+
+@dataclasses.dataclass(kw_only=True)
+class PipelineConfig:
+    """What a checkpoint needs to become a :class:`TextToVideo` (stored in its metadata).
+
+    Attributes:
+        model: :class:`~veil.models.wan_config.WanConfig` fields of the denoiser (a WanDiT).
+        frames, size: the trained clip length T and frame size H = W (pixels).
+        text_encoder: ``"minilm"`` (:class:`~veil.text.MiniLMEncoder`) or a Hugging Face model name.
+        objective: ``"flow"`` (flow matching, ``shift``) or ``"ddpm"`` (epsilon).
+        shift: flow-matching sigma shift.
+        scheduler: a :func:`~veil.diffusion.make_scheduler` name.
+        guidance, steps: default guidance scale and sampler steps.
+        overlap: frames each window of an extension is anchored on.
+        prediction: what the network outputs: ``"velocity"`` (the objective's target) or ``"x0"`` (wrapped in
+            :class:`XPrediction`; flow matching only).
+    """
+
+    model: dict[str, Any]
+    frames: int = 8
+    size: int = 32
+    text_encoder: str = "minilm"
+    objective: str = "flow"
+    shift: float = 1.0
+    scheduler: str = "flow_euler"
+    guidance: float = 4.0
+    steps: int = 20
+    overlap: int = 4
+    prediction: str = "velocity"
+
+    def build_model(self) -> nn.Module:
+        net = WanDiT(WanConfig(**self.model))
+        if self.prediction == "velocity":
+            return net
+        if self.prediction == "x0" and self.objective == "flow":
+            return XPrediction(net)
+        raise ValueError(f"prediction: expected 'velocity', or 'x0' with objective 'flow', got {self.prediction!r} "
+                         f"with {self.objective!r}")
+
+    def build_objective(self) -> FlowMatching | DDPMObjective:
+        if self.objective == "flow":
+            return FlowMatching(shift=self.shift)
+        if self.objective == "ddpm":
+            return DDPMObjective()
+        raise ValueError(f"objective: expected 'flow' or 'ddpm', got {self.objective!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists: plain JSON
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PipelineConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"pipeline config: unknown keys {unknown}")
+        return cls(**d)
+
+
+def make_text_encoder(name: str = "minilm", cache_dir: str | os.PathLike | None = None):
+    """The text encoder ``name`` ("minilm" or a Hugging Face model), wrapped in an on-disk cache when
+    ``cache_dir`` is given."""
+    from veil.text import CachedTextEncoder, HFTextEncoder, MiniLMEncoder
+
+    enc = MiniLMEncoder() if name == "minilm" else HFTextEncoder(name)
+    return CachedTextEncoder(enc, cache_dir) if cache_dir is not None else enc
+
+
+def default_checkpoint() -> Path:
+    """The checkpoint shipped in the package (``veil/assets/tiny-t2v.safetensors``)."""
+    return Path(str(resources.files("veil") / "assets" / DEFAULT_CHECKPOINT))
+
+
+def _untuple(obj: Any) -> Any:  # veil checkpoints write tuples as {"__tuple__": [...]}
+    if isinstance(obj, dict):
+        if set(obj) == {"__tuple__"}:
+            return [_untuple(v) for v in obj["__tuple__"]]
+        return {k: _untuple(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_untuple(v) for v in obj]
+    return obj
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[PipelineConfig, dict[str, Tensor], dict[str, Any]]:
+    """The pipeline config, inference weights (EMA when saved, else the model's) and the ``extra`` metadata.
+
+    Raises:
+        ValueError: the file is missing, unreadable, or holds no pipeline config.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint: no such file {str(path)!r}")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys() if k.startswith(("model.", "ema."))}
+    except Exception as e:
+        raise ValueError(f"checkpoint {str(path)!r}: not a readable safetensors file ({type(e).__name__}: {e})") from e
+    extra = _untuple(json.loads(meta.get("extra", "{}")))
+    if "pipeline" not in extra:
+        raise ValueError(f"checkpoint {str(path)!r}: has no pipeline config (not written by 'veil train'?)")
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    for prefix in ("ema.shadow.", "ema.buffer."):
+        weights.update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return PipelineConfig.from_dict(extra["pipeline"]), weights, extra
+
+
+class TextToVideo:
+    """Prompts in, videos out.
+
+    Args:
+        model: a denoiser following :mod:`veil.diffusion`'s protocol (e.g. a WanDiT).
+        codec: latents <-> pixels (:class:`~veil.pipelines.PixelCodec` or :class:`~veil.pipelines.VAECodec`).
+        text_encoder: a :class:`~veil.text.TextEncoder` (optionally a :class:`~veil.text.CachedTextEncoder`).
+        config: the :class:`PipelineConfig` (objective, scheduler, frame size and defaults).
+        device: where the model runs.
+    """
+
+    def __init__(self, model: nn.Module, codec: nn.Module, text_encoder: Any, config: PipelineConfig, *,
+                 device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.codec = codec.to(self.device)
+        self.text_encoder = text_encoder
+        self.config = config
+        self.objective = config.build_objective()
+        self.extra: dict[str, Any] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+                        text_encoder: Any = None, device: str | torch.device = "cpu") -> TextToVideo:
+        """Rebuild the pipeline from a veil checkpoint (default: the shipped one), with its EMA weights.
+
+        Args:
+            path: the checkpoint; None = :func:`default_checkpoint`.
+            cache_dir: a text-embedding cache directory (None: no cache).
+            text_encoder: use this encoder instead of building the one the config names.
+
+        Raises:
+            ValueError: a missing / unreadable file, no pipeline config, or weights that do not fit.
+        """
+        path = Path(path) if path is not None else default_checkpoint()
+        config, weights, extra = read_checkpoint(path)
+        model = config.build_model()
+        missing, unexpected = (sorted(model.state_dict().keys() - weights.keys()),
+                               sorted(weights.keys() - model.state_dict().keys()))
+        if missing or unexpected:
+            raise ValueError(f"checkpoint {str(path)!r}: weights do not fit the model (missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+        model.load_state_dict(weights)
+        enc = text_encoder if text_encoder is not None else make_text_encoder(config.text_encoder, cache_dir)
+        pipe = cls(model, PixelCodec(config.model.get("in_channels", 3)), enc, config, device=device)
+        pipe.extra = extra
+        return pipe
+
+    def scheduler(self) -> Any:
+        return make_scheduler(self.config.scheduler, self.objective)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        ctx, lengths = self.text_encoder.encode(list(prompts))
+        return ctx.to(self.device, torch.float32), lengths.to(self.device)
+
+    @torch.no_grad()
+    def __call__(self, prompts: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None, *,
+                 guidance: float | None = None, steps: int | None = None, seed: int = 0, frames: int | None = None,
+                 keyframes: Mapping[int, Tensor] | None = None, extend_to: int | None = None,
+                 progress: bool = False) -> Tensor:
+        """Generate one video per prompt.
+
+        Args:
+            prompts: a prompt or B prompts (``(word:1.3)`` weighting allowed).
+            negative_prompt: one for all, B of them, or None (the null prompt: no tokens).
+            guidance: classifier-free guidance scale (1 = off; default the config's). Conditional and
+                unconditional rows go through the model in one batch.
+            steps: sampler steps (default the config's).
+            seed: the initial noise (the same seed gives the same videos).
+            frames: T (default the trained length).
+            keyframes: ``{frame index: image [C, H, W] or [B, C, H, W] in [-1, 1]}`` held fixed.
+            extend_to: extend each video window by window to this many frames (>= T; see
+                :func:`veil.diffusion.extend`), each window anchored on the previous one's last
+                ``config.overlap`` frames.
+            progress: show progress bars.
+
+        Returns:
+            float32 videos [B, C, T', H, W] in [-1, 1] on the CPU (T' = ``extend_to`` or T).
+
+        Raises:
+            ValueError / TypeError: bad prompts, sizes, steps, guidance or keyframes.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts or not all(isinstance(p, str) for p in prompts):
+            raise TypeError(f"prompts: expected a string or a non-empty list of strings, got {prompts!r}")
+        b, cfg = len(prompts), self.config
+        guidance = cfg.guidance if guidance is None else float(guidance)
+        steps = cfg.steps if steps is None else steps
+        frames = cfg.frames if frames is None else frames
+        if not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"frames: expected a positive int, got {frames!r}")
+        if extend_to is not None and (not isinstance(extend_to, int) or extend_to < frames):
+            raise ValueError(f"extend_to: expected an int >= frames = {frames}, got {extend_to!r}")
+        neg_ctx = neg_len = None
+        if negative_prompt is not None:
+            negs = [negative_prompt] * b if isinstance(negative_prompt, str) else list(negative_prompt)
+            if len(negs) != b:
+                raise ValueError(f"negative_prompt: expected one or {b} prompts, got {len(negs)}")
+            ctx, lengths = self.encode_prompts(prompts + negs)  # one encoder call for both
+            ctx, lengths, neg_ctx, neg_len = ctx[:b], lengths[:b], ctx[b:], lengths[b:]
+        else:
+            ctx, lengths = self.encode_prompts(prompts)
+        c, h, w = self.model.config.in_channels, cfg.size, cfg.size
+        anchors = None
+        if keyframes:
+            anchors = {}
+            for i, img in keyframes.items():
+                img = img.to(self.device, torch.float32)
+                img = img.expand(b, *img.shape) if img.dim() == 3 else img  # (B, C, H, W)
+                anchors[int(i)] = self.codec.encode(img[:, :, None])[:, :, 0]  # (B, C, h, w)
+        generator = torch.Generator().manual_seed(int(seed))
+        kw = dict(guidance_scale=guidance, steps=steps, generator=generator)
+        latents = sample(self.model, self.scheduler(), (b, c, frames, h, w), ctx, lengths, neg_ctx, neg_len,
+                         keyframes=anchors, progress=progress, **kw)
+        if extend_to is not None and extend_to > frames:
+            latents = extend(self.model, self.scheduler(), latents, ctx, extend_to, frames, cfg.overlap,
+                             context_lengths=lengths, negative_context=neg_ctx, negative_lengths=neg_len,
+                             progress=progress, **kw)
+        return self.codec.decode(latents).float().clamp(-1, 1).cpu()

@@ -1,0 +1,73 @@
+"""evaluate: the analyzer scores world renders (ground truth) at 100%, wrong videos at 0, extensions per window."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from veil.data import make_video
+from veil.pipelines.evaluate import default_prompts, evaluate, score_videos, truth_of, window_scores
+
+TRIPLES = [("red", "circle", "left"), ("blue", "square", "up"), ("yellow", "triangle", "still"),
+           ("green", "square", "down")]
+
+
+def test_truth_of_reads_prompts():
+    assert truth_of("a crimson ball drifts to the left") == ("red", "circle", "left")
+    assert truth_of("a white box staying still") == ("white", "square", "still")
+    with pytest.raises(ValueError, match="colour, a shape and a motion"):
+        truth_of("a red circle")
+
+
+def test_world_renders_score_100_and_wrong_videos_score_0():
+    videos = torch.stack([make_video(*t, frames=8, seed=i)[0] for i, t in enumerate(TRIPLES)])
+    s = score_videos(videos, TRIPLES)
+    assert (s["n"], s["colour"], s["shape"], s["motion"], s["all"]) == (4, 1.0, 1.0, 1.0, 1.0)
+    # the same videos against shifted truths: every attribute differs
+    wrong = TRIPLES[1:] + TRIPLES[:1]
+    s = score_videos(videos, wrong)
+    assert (s["colour"], s["shape"], s["motion"], s["all"]) == (0.0, 0.0, 0.0, 0.0)
+    # one attribute wrong at a time
+    s = score_videos(videos[:1], [("red", "square", "left")])
+    assert (s["colour"], s["shape"], s["motion"], s["all"]) == (1.0, 0.0, 1.0, 0.0)
+    assert s["rows"][0]["got"] == ["red", "circle", "left"] and s["rows"][0]["truth"] == ["red", "square", "left"]
+
+
+def test_window_scores_count_each_window():
+    # three 8-frame clips one after the other (each moves a full clip's distance)
+    long = torch.cat([make_video("red", "circle", "right", frames=8, seed=s)[0] for s in range(3)], dim=1)
+    flipped = long.flip(1)  # played backwards: moving left
+    s = window_scores(torch.stack([long, flipped]), [("red", "circle", "right")] * 2, 8)
+    assert s["windows"] == 6 and s["colour"] == 1.0 and s["motion"] == 0.5 and s["both"] == 0.5
+
+
+class WorldPipeline:
+    """Answers every prompt with the world's own render of it (a perfect model)."""
+
+    class config:  # noqa: N801
+        frames = 8
+
+    extra: dict = {}
+
+    def __call__(self, prompts, *, seed=0, guidance=None, steps=None, extend_to=None):
+        n = (extend_to or self.config.frames) // self.config.frames  # windows of the trained length, one per clip
+        return torch.stack([torch.cat([make_video(*truth_of(p), frames=self.config.frames, seed=seed + i + w)[0]
+                                       for w in range(n)], dim=1) for i, p in enumerate(prompts)])
+
+
+def test_evaluate_a_perfect_pipeline_writes_its_report(tmp_path):
+    exclude = ["blue triangle moving up", "white square still"]
+    prompts = default_prompts(exclude)
+    assert prompts["held_out"] == ["a blue triangle moving up", "a white square staying still"]
+    seen = prompts["seen"][::12]
+    report = evaluate(WorldPipeline(), seen, held_out=prompts["held_out"], exclude=exclude, extension_prompts=2,
+                      out_dir=tmp_path)
+    assert report["seen"]["all"] == 1.0 and report["held_out"]["all"] == 1.0
+    assert report["held_out_combinations"]["a blue triangle moving up"]["got"] == ["blue", "triangle", "up"]
+    assert report["extension"]["windows"] == 8 and report["extension"]["both"] == 1.0
+    assert json.loads((tmp_path / "report.json").read_text())["seen"]["n"] == len(seen)
+    md = (tmp_path / "report.md").read_text()
+    assert "| held_out | 2 | 100.0% | 100.0% | 100.0% | 100.0% |" in md
+    assert all((tmp_path / f).is_file() for f in ("seen.gif", "held_out.gif", "extension.gif"))

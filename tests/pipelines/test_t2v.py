@@ -1,0 +1,141 @@
+"""TextToVideo: shapes, determinism, one guided batch, EMA round trip through a checkpoint, GIF / MP4 files."""
+
+from __future__ import annotations
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from tests.pipelines.t2v_helpers import HashEncoder, randomize, tiny_config
+from veil.pipelines import PixelCodec, TextToVideo, XPrediction, save_grid, save_video
+from veil.pipelines.media import to_frames
+from veil.training import EMA, save_checkpoint
+
+
+def make_pipe(prediction="x0", seed=0):
+    cfg = tiny_config(prediction)
+    return TextToVideo(randomize(cfg.build_model(), seed), PixelCodec(), HashEncoder(), cfg)
+
+
+def test_shape_range_and_determinism_by_seed():
+    pipe = make_pipe()
+    a = pipe(["a red circle moving left", "a blue box"], seed=3)
+    assert a.shape == (2, 3, 4, 32, 32) and a.dtype == torch.float32
+    assert a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, pipe(["a red circle moving left", "a blue box"], seed=3))
+    assert not torch.equal(a, pipe(["a red circle moving left", "a blue box"], seed=4))
+
+
+def test_rows_depend_on_their_prompt():
+    pipe = make_pipe()
+    a = pipe(["a red circle", "a blue box"], seed=0, guidance=1.0)
+    b = pipe(["a red circle", "a green box"], seed=0, guidance=1.0)
+    assert torch.allclose(a[0], b[0], atol=1e-5) and not torch.allclose(a[1], b[1], atol=1e-3)
+
+
+def test_guidance_and_negative_prompt_go_through_one_batch():
+    pipe = make_pipe()
+    rows = []
+    inner = pipe.model.forward
+    pipe.model.forward = lambda x, t, c, n=None, **kw: (rows.append((x.shape[0], c.shape[0], n.tolist())),
+                                                          inner(x, t, c, n, **kw))[1]
+    enc = pipe.text_encoder
+    out = pipe(["a red circle", "a blue box moving up"], negative_prompt="white", guidance=3.0, steps=2)
+    assert enc.calls[-1] == ["a red circle", "a blue box moving up", "white", "white"]  # one encoder call
+    assert rows == [(4, 4, [3, 5, 1, 1])] * 2  # conditional then negative rows, unequal lengths, per step
+    rows.clear()
+    null = pipe(["a red circle", "a blue box moving up"], guidance=3.0, steps=2)
+    assert rows == [(4, 4, [3, 5, 0, 0])] * 2  # no negative prompt: the null prompt (no tokens)
+    assert not torch.allclose(out, null, atol=1e-4)
+    rows.clear()
+    pipe(["a red circle"], guidance=1.0, steps=2)
+    assert rows == [(1, 1, [3])] * 2  # guidance off: one row per sample
+
+
+def test_x_prediction_turns_a_clean_estimate_into_the_velocity():
+    class Oracle(torch.nn.Module):  # returns a fixed x0 whatever the input
+        def __init__(self, x0):
+            super().__init__()
+            self.x0 = x0
+
+        def forward(self, x, t, c, n=None):
+            return self.x0.expand_as(x)
+
+    x0, noise = torch.randn(1, 3, 2, 4, 4), torch.randn(2, 3, 2, 4, 4)
+    sigma = torch.tensor([0.5, 0.01])
+    xt = (1 - sigma.view(-1, 1, 1, 1, 1)) * x0 + sigma.view(-1, 1, 1, 1, 1) * noise
+    v = XPrediction(Oracle(x0), min_sigma=0.05)(xt, sigma * 1000, torch.zeros(2, 1, 4))
+    assert torch.allclose(v[0], (noise - x0)[0], atol=1e-5)  # exact where sigma >= min_sigma
+    assert torch.allclose(v[1], (xt[1] - x0[0]) / 0.05, atol=1e-5)  # clamped below
+
+
+def test_extend_and_keyframes():
+    pipe = make_pipe()
+    key = torch.rand(3, 32, 32) * 2 - 1
+    v = pipe(["a red circle"], keyframes={0: key}, extend_to=9)
+    assert v.shape == (1, 3, 9, 32, 32)
+    assert torch.allclose(v[0, :, 0], key.clamp(-1, 1), atol=1e-5)
+    with pytest.raises(ValueError, match="extend_to"):
+        pipe(["a red circle"], extend_to=2)
+
+
+def test_from_checkpoint_uses_the_ema_weights(tmp_path):
+    cfg = tiny_config()
+    model = randomize(cfg.build_model(), 0)
+    ema = EMA(model, 0.5)
+    ema.update(model)  # first update copies
+    randomize(model, 1)
+    ema.update(model)  # now EMA = mean of the two, the model = the second
+    path = save_checkpoint(tmp_path / "c.safetensors", step=2, model=model, ema=ema,
+                           extra={"pipeline": cfg.to_dict()})
+    enc = HashEncoder()
+    pipe = TextToVideo.from_checkpoint(path, text_encoder=enc)
+    ref = cfg.build_model()
+    ema.copy_to(ref)
+    for k, v in ref.state_dict().items():
+        assert torch.equal(pipe.model.state_dict()[k], v), k
+    want = TextToVideo(ref, PixelCodec(), enc, cfg)(["a red circle"], seed=1)
+    assert torch.equal(pipe(["a red circle"], seed=1), want)
+    assert pipe.config == cfg
+    with pytest.raises(ValueError, match="no pipeline config"):
+        TextToVideo.from_checkpoint(save_checkpoint(tmp_path / "d.safetensors", step=0, model=model),
+                                    text_encoder=enc)
+    with pytest.raises(ValueError, match="no such file"):
+        TextToVideo.from_checkpoint(tmp_path / "missing.safetensors", text_encoder=enc)
+
+
+def test_save_video_gif_and_mp4_read_back(tmp_path):
+    video = torch.zeros(3, 4, 32, 32) - 1
+    for t in range(4):
+        video[0, t, 8:16, 8 + t:16 + t] = 1  # a red square moving right (a static GIF collapses to one frame)
+    gif = save_video(video, tmp_path / "a.gif", scale=2)
+    frames = iio.imread(gif, index=None)
+    assert frames.shape[:3] == (4, 64, 64)
+    assert tuple(frames[0, 20, 20, :3]) == (255, 0, 0) and tuple(frames[0, 0, 0, :3]) == (0, 0, 0)
+    mp4 = save_video(video, tmp_path / "a.mp4", scale=4)
+    frames = np.stack(list(_read_mp4(mp4)))
+    assert frames.shape == (4, 128, 128, 3)
+    assert frames[0, 40:60, 40:60, 0].mean() > 200 and frames[0, 40:60, 40:60, 1].mean() < 60
+    with pytest.raises(ValueError, match="gif or .mp4"):
+        save_video(video, tmp_path / "a.png")
+
+
+def _read_mp4(path):
+    import imageio.v2 as iio2
+
+    with iio2.get_reader(str(path), format="FFMPEG") as r:
+        yield from r
+
+
+def test_save_grid_places_each_video(tmp_path):
+    videos = torch.full((3, 3, 2, 8, 8), -1.0)
+    videos[1, 1] = 1  # the second cell green
+    videos[2, :, 1] = 0  # the third cell grey in its second frame (identical frames would merge in the GIF)
+    path = save_grid(videos, tmp_path / "g.gif", ["a", "b", "c"], columns=2, scale=1)
+    frames = iio.imread(path, index=None)
+    cell = to_frames(videos[1])
+    assert frames.shape[0] == 2
+    assert np.array_equal(frames[0, 4:12, 16:24, :3], cell[0])
+    with pytest.raises(ValueError, match="captions"):
+        save_grid(videos, tmp_path / "g.gif", ["a"])
