@@ -5,14 +5,7 @@ import torch.nn.functional as F
 from veil.data.analyze import analyze, analyze_batch
 from veil.data.world import CaptionedVideoWorld
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the analyzer runs many tiny ops: on a loaded 2-core machine threads cost more than they give
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _blur(video: torch.Tensor, sigma: float) -> torch.Tensor:

@@ -18,13 +18,7 @@ from veil.models.convert_hf import config_from_transformers
 V, W, N = 128, 8, 24  # vocab, sliding window, sequence length
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # tiny matmuls: threads only add contention on a shared CPU
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _scale_up(hf):

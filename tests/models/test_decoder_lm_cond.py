@@ -12,12 +12,7 @@ from veil.models import DecoderConfig, DecoderLM, next_token
 E, HEADS, KV, D = 64, 4, 2, 16
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomize(model, seed=0):

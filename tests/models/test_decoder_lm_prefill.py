@@ -7,13 +7,7 @@ import torch
 from tests.models.test_decoder_lm import MODELS, N, V, W, _left_padded
 from veil.models import DecoderLM
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @torch.no_grad()

@@ -211,10 +211,14 @@ class Trainer:
             path = checkpoint_path(self.checkpoint_dir, self.step)
         out = save_checkpoint(path, step=self.step, model=self.model, ema=self.ema, optimizer=self.optimizer,
                               scaler=self.scaler, generators={"trainer": self.generator},
-                              config=dataclasses.asdict(self.config), extra={"sampler": self.sampler.state_dict()})
+                              config=dataclasses.asdict(self.config), extra=self.checkpoint_extra())
         if self.checkpoint_dir is not None and Path(out).parent == self.checkpoint_dir:
             prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
         return out
+
+    def checkpoint_extra(self) -> dict:
+        """JSON-able state saved beside the tensors (subclasses add theirs to it)."""
+        return {"sampler": self.sampler.state_dict()}
 
     def load(self, path: str | Path) -> None:
         """Restore everything from a checkpoint written by :meth:`save`.

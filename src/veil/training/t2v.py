@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 from veil.data import CaptionedVideoWorld
 from veil.diffusion import FlowMatching
 from veil.pipelines.t2v import PipelineConfig, make_text_encoder
-from veil.training.checkpoint import checkpoint_path, prune_checkpoints, save_checkpoint
+from veil.training.checkpoint import save_checkpoint
 from veil.training.loop import TrainConfig, Trainer
 
 try:
@@ -224,19 +224,8 @@ class _T2VTrainer(Trainer):
         self.pipeline_config, self.run_info = pipeline, run
         super().__init__(*args, **kwargs)
 
-    def save(self, path: str | Path | None = None) -> Path:
-        if path is None:
-            if self.checkpoint_dir is None:
-                raise ValueError("path: expected a checkpoint path when the config has no out_dir, got None")
-            path = checkpoint_path(self.checkpoint_dir, self.step)
-        out = save_checkpoint(path, step=self.step, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                              scaler=self.scaler, generators={"trainer": self.generator},
-                              config=dataclasses.asdict(self.config),
-                              extra={"sampler": self.sampler.state_dict(), "pipeline": self.pipeline_config.to_dict(),
-                                     "run": self.run_info})
-        if self.checkpoint_dir is not None and Path(out).parent == self.checkpoint_dir:
-            prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
-        return out
+    def checkpoint_extra(self) -> dict[str, Any]:
+        return {**super().checkpoint_extra(), "pipeline": self.pipeline_config.to_dict(), "run": self.run_info}
 
 
 def export_checkpoint(trainer: Trainer, path: str | os.PathLike, extra: dict[str, Any]) -> Path:
