@@ -291,16 +291,48 @@ def _sliding_fast(q, k, v, m: SlidingWindow, scale: float, bq: int):
     Block ``i`` holds queries ``[i*bq, (i+1)*bq)`` and keys ``[start_i, start_i + span)``. Blocks whose keys all
     exist ("clean") read them as overlapping strided views of k and v and share one additive band bias
     ``[bq, span]``; the few edge blocks (keys before 0 or past K) gather theirs and get their own bool mask.
+    With gradients, :class:`_SlidingWindowFn` recomputes each group of blocks in the backward and adds its
+    gradients straight into dq, dk, dv (autograd through the strided views and slices would zero-fill a
+    full-size gradient per group).
     """
-    b, h, q_len, d = q.shape
-    kv_len, w, dv = k.shape[2], m.window, v.shape[-1]
-    off = kv_len - q_len
-    span = bq + w - 1 if m.causal else bq + 2 * w - 2
+    q_len = q.shape[2]
     nb = -(-q_len // bq)
-    first = off - w + 1  # key index of slot 0 of block 0; block i starts at first + i * bq
     pad = nb * bq - q_len
     if pad:
         q = torch.nn.functional.pad(q, (0, 0, 0, pad))  # padded rows are dropped at the end
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out = _SlidingWindowFn.apply(q, k, v, m, scale, bq, q_len)
+    else:
+        out = _sliding_blocks(q, k, v, m, scale, bq, q_len, None)
+    return out[:, :, :q_len] if pad else out  # (B, H, Q, Dv)
+
+
+class _SlidingWindowFn(torch.autograd.Function):
+    """Sliding-window attention over block groups, recomputed group by group in the backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, m, scale, bq, q_len):
+        ctx.save_for_backward(q, k, v)
+        ctx.m, ctx.scale, ctx.bq, ctx.q_len = m, scale, bq, q_len
+        return _sliding_blocks(q, k, v, m, scale, bq, q_len, None)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v = ctx.saved_tensors
+        grads = (grad_out, torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v))
+        _sliding_blocks(q, k, v, ctx.m, ctx.scale, ctx.bq, ctx.q_len, grads)
+        return grads[1], grads[2], grads[3], None, None, None, None
+
+
+def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int, grads):
+    """Forward (``grads`` None: returns the output) or backward (``grads = (grad_out, dq, dk, dv)``: adds
+    each group's gradients into dq, dk, dv) of :func:`_sliding_fast`; q is padded to whole blocks, ``q_len``
+    is its length before padding (queries align to the end of the keys by it)."""
+    b, h, qp_len, d = q.shape
+    kv_len, w, dv_ = k.shape[2], m.window, v.shape[-1]
+    nb = qp_len // bq
+    span = bq + w - 1 if m.causal else bq + 2 * w - 2
+    first = kv_len - q_len - w + 1  # key index of slot 0 of block 0
     dev = q.device
     r = torch.arange(bq, device=dev)[:, None]
     j = torch.arange(span, device=dev)[None, :]
@@ -312,30 +344,51 @@ def _sliding_fast(q, k, v, m: SlidingWindow, scale: float, bq: int):
     starts = [first + i * bq for i in range(nb)]
     clean = [s0 >= 0 and s0 + span <= kv_len for s0 in starts]
     gqa = h != k.shape[1]
-    out = q.new_empty(b, h, nb * bq, dv)
+    # blocks per SDPA call: bounds the memory of one call's gathered keys and, in the backward, of its gradients
+    per_block = 2 * k.shape[1] * span * d * k.element_size()
+    group = max(1, (k[0].numel() + v[0].numel()) * k.element_size() // per_block)
+    out = q.new_empty(b, h, qp_len, dv_) if grads is None else None
+
+    def piece(qs, ks, vs, i, i1, lo):
+        """Attention of queries ``qs`` (H, n*bq, D) over keys ``ks`` (Hkv, L, D) starting at key ``lo``."""
+        qb = qs.unflatten(1, (i1 - i, bq)).transpose(0, 1)  # (n, H, bq, D)
+        if clean[i]:
+            kb = ks.unfold(1, span, bq).permute(1, 0, 3, 2)  # (n, Hkv, span, D): overlapping views
+            vb = vs.unfold(1, span, bq).permute(1, 0, 3, 2)
+            ob = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=band_bias, scale=scale,
+                                                                  enable_gqa=gqa)
+        else:
+            key_abs = torch.tensor(starts[i:i1], device=dev)[:, None] + j  # (n, span)
+            valid = (key_abs >= 0) & (key_abs < kv_len)
+            idx = (key_abs.clamp(0, kv_len - 1) - lo).reshape(-1)
+            kb = ks.index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)  # (n, Hkv, span, D)
+            vb = vs.index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)
+            ob = sdpa_attention(qb, kb, vb, (band[None] & valid[:, None, :])[:, None], scale)
+        return ob.transpose(0, 1).flatten(1, 2)  # (H, n*bq, Dv)
+
     for bi in range(b):
-        qb = q[bi].unflatten(1, (nb, bq)).transpose(0, 1)  # (nb, H, bq, D) view
         i = 0
         while i < nb:
             i1 = i
-            while i1 < nb and clean[i1] == clean[i]:
+            while i1 < nb and i1 - i < group and clean[i1] == clean[i]:
                 i1 += 1
-            if clean[i]:
-                lo, hi = starts[i], starts[i1 - 1] + span
-                kb = k[bi, :, lo:hi].unfold(1, span, bq).permute(1, 0, 3, 2)  # (n, Hkv, span, D) view
-                vb = v[bi, :, lo:hi].unfold(1, span, bq).permute(1, 0, 3, 2)
-                ob = torch.nn.functional.scaled_dot_product_attention(
-                    qb[i:i1], kb, vb, attn_mask=band_bias, scale=scale, enable_gqa=gqa)
+            lo = max(0, starts[i])
+            hi = min(kv_len, starts[i1 - 1] + span)
+            rows = slice(i * bq, i1 * bq)
+            if grads is None:
+                out[bi, :, rows] = piece(q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi], i, i1, lo)
             else:
-                key_abs = torch.tensor(starts[i:i1], device=dev)[:, None] + j  # (n, span)
-                valid = (key_abs >= 0) & (key_abs < kv_len)
-                idx = key_abs.clamp(0, kv_len - 1).reshape(-1)
-                kb = k[bi].index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)  # (n, Hkv, span, D)
-                vb = v[bi].index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)
-                ob = sdpa_attention(qb[i:i1], kb, vb, (band[None] & valid[:, None, :])[:, None], scale)
-            out[bi, :, i * bq: i1 * bq] = ob.transpose(0, 1).flatten(1, 2)  # (H, n*bq, Dv)
+                grad_out, dq, dk, dv = grads
+                with torch.enable_grad():
+                    qs, ks, vs = (t.detach().requires_grad_() for t in
+                                  (q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi]))
+                    o = piece(qs, ks, vs, i, i1, lo)
+                    gq, gk, gv = torch.autograd.grad(o, (qs, ks, vs), grad_out[bi, :, rows])
+                dq[bi, :, rows] += gq
+                dk[bi, :, lo:hi] += gk
+                dv[bi, :, lo:hi] += gv
             i = i1
-    return out[:, :, :q_len] if pad else out  # (B, H, Q, Dv)
+    return out
 
 
 def _fold_spatial(m: Spatial, x: Tensor) -> tuple[Tensor, object]:
