@@ -41,6 +41,36 @@ def test_flow_matching_example_literal():
     assert ex.timestep.tolist() == [250.0, 1000.0]
 
 
+def test_flow_matching_sigma_sqr_weighting_is_the_x0_error_of_an_x_predictor():
+    from veil.pipelines.t2v import XPrediction
+
+    class Fixed(torch.nn.Module):  # predicts a fixed clean sample whatever the input
+        def __init__(self, x0_hat):
+            super().__init__()
+            self.x0_hat = x0_hat
+
+        def forward(self, x, timestep, context, context_lengths=None):
+            return self.x0_hat.expand_as(x)
+
+    x0 = torch.zeros(2, 1, 1, 1, 2)
+    x0_hat = torch.full((1, 1, 1, 1, 2), 0.5)
+    net = XPrediction(Fixed(x0_hat), min_sigma=0.05)
+    sigma, noise = torch.tensor([0.25, 0.8]), torch.randn(2, 1, 1, 1, 2)
+    weighted = FlowMatching(weighting="sigma_sqr")
+    ex = weighted.example(x0, sigma=sigma, noise=noise)
+    torch.testing.assert_close(ex.weight, sigma**2)
+    # weighted velocity error = the x0 error (0.5^2 = 0.25 per value), whatever sigma
+    gen = torch.Generator().manual_seed(0)
+    assert weighted.loss(net, x0, torch.zeros(2, 1, 4), generator=gen).item() == pytest.approx(0.25, rel=1e-5)
+    # unweighted: the x0 error over sigma^2, which grows without bound as sigma -> 0
+    ex = FlowMatching().example(x0, sigma=sigma, noise=noise)
+    assert ex.weight is None
+    err = ((net(ex.x_t, ex.timestep, None) - ex.target) ** 2).flatten(1).mean(1)
+    torch.testing.assert_close(err, 0.25 / sigma**2)
+    with pytest.raises(ValueError, match="weighting"):
+        FlowMatching(weighting="snr")
+
+
 def test_flow_matching_sigma_draws_are_shifted_and_seeded():
     u = torch.rand(4096, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     got = FlowMatching(shift=3.0).sample_sigma(4096, generator=torch.Generator().manual_seed(0))

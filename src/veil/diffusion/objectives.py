@@ -56,6 +56,7 @@ class TrainingExample:
     x_t: Tensor
     timestep: Tensor
     target: Tensor
+    weight: Tensor | None = None  # [B] per-sample loss weights, None = 1
 
 
 def prediction_for(prediction: Tensor, x: Tensor) -> Tensor:
@@ -108,7 +109,10 @@ def _mse(model: Any, ex: TrainingExample, context: Tensor, context_lengths: Tens
     pred = model(ex.x_t, ex.timestep, context, context_lengths, **model_kwargs)
     pred = prediction_for(pred, ex.x_t)
     # the loss in fp32 whatever the autocast dtype of the prediction
-    return torch.mean((pred.float() - ex.target.float()) ** 2)
+    err = (pred.float() - ex.target.float()) ** 2
+    if ex.weight is None:
+        return torch.mean(err)
+    return torch.mean(err.flatten(1).mean(1) * ex.weight.to(err.device, err.dtype))
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -124,6 +128,10 @@ class FlowMatching:
         sampling: how the unshifted sigma is drawn: ``"uniform"`` on [0, 1], or ``"logit_normal"``
             (``sigmoid(N(mean, std))``, SD3's choice).
         logit_mean, logit_std: parameters of ``"logit_normal"``.
+        weighting: per-sample weight of the velocity error: ``"none"`` (Wan, SD3's rectified flow) or
+            ``"sigma_sqr"`` (``sigma^2``: for a denoiser that predicts the clean sample, as
+            :class:`~veil.pipelines.t2v.XPrediction`, this is the plain x0 error, which gives the high-noise
+            samples that decide a video's layout and motion as much weight as the nearly clean ones).
 
     Raises:
         ValueError: a field out of range.
@@ -133,6 +141,7 @@ class FlowMatching:
     sampling: Literal["uniform", "logit_normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    weighting: Literal["none", "sigma_sqr"] = "none"
 
     def __post_init__(self) -> None:
         if not self.shift > 0:
@@ -141,6 +150,8 @@ class FlowMatching:
             raise ValueError(f"sampling: expected 'uniform' or 'logit_normal', got {self.sampling!r}")
         if not self.logit_std > 0:
             raise ValueError(f"logit_std: expected a positive number, got {self.logit_std!r}")
+        if self.weighting not in ("none", "sigma_sqr"):
+            raise ValueError(f"weighting: expected 'none' or 'sigma_sqr', got {self.weighting!r}")
 
     def sample_sigma(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` shifted noise levels in [0, 1], float32 on the generator's device."""
@@ -175,7 +186,8 @@ class FlowMatching:
         if noise is None:
             noise = _randn(x0.shape, generator, x0)
         sigma = sigma.to(x0.device, torch.float32)
-        return TrainingExample(self.noise(x0, noise, sigma), sigma * 1000.0, noise - x0)
+        weight = sigma**2 if self.weighting == "sigma_sqr" else None
+        return TrainingExample(self.noise(x0, noise, sigma), sigma * 1000.0, noise - x0, weight)
 
     def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
              generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:

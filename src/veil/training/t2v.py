@@ -45,7 +45,8 @@ class T2VConfig:
         frames, size, samples, world_seed, exclude: the world (``samples`` distinct clips; ``exclude`` phrases
             name held-out combinations, e.g. "blue triangle").
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
-        shift, timesteps: flow matching sigma shift and timestep sampling ("logit_normal" or "uniform").
+        shift, timesteps, loss_weight: flow matching sigma shift, timestep sampling ("logit_normal" or
+            "uniform") and loss weighting ("none" or "sigma_sqr", see :class:`~veil.diffusion.FlowMatching`).
         prediction: "x0" (the network predicts the clean clip, see :class:`~veil.pipelines.t2v.XPrediction`) or
             "velocity".
         scheduler, guidance, sample_steps, overlap: sampling defaults stored with the checkpoint.
@@ -69,6 +70,7 @@ class T2VConfig:
     cache_dir: str = "~/.cache/veil/text"
     shift: float = 2.0
     timesteps: str = "logit_normal"
+    loss_weight: str = "none"
     prediction: str = "x0"
     scheduler: str = "flow_euler"
     guidance: float = 4.0
@@ -266,7 +268,8 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
     pipeline = config.pipeline()
     model = pipeline.build_model()
-    objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps))
+    objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
+                             weighting=typing.cast(Any, config.loss_weight))
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
     trainer = _T2VTrainer(model, objective, data, config.train_config(str(out), resume, progress),
                           pipeline=pipeline, run=run_info)
