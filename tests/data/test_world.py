@@ -79,3 +79,23 @@ def test_independent_of_global_rng():
     torch.manual_seed(1)
     np.random.seed(1)
     assert torch.equal(a, CaptionedVideoWorld(2, frames=8, seed=5)[1]["video"])
+
+
+def test_radius_range_option():
+    from veil.data.world import RADIUS
+
+    default = CaptionedVideoWorld(50, frames=8, size=32, seed=2)
+    big = CaptionedVideoWorld(50, frames=8, size=32, seed=2, radius=(0.2, 0.25))
+    assert default.radius == RADIUS
+    radii = [big.spec(i).radius / 32 for i in range(50)]
+    assert min(radii) >= 0.2 and max(radii) <= 0.25
+    for i in range(50):  # the same triple, caption and everything else drawn; the longest trajectory still fits
+        a, b = default.spec(i), big.spec(i)
+        assert (a.colour, a.shape, a.motion) == (b.colour, b.shape, b.motion) and default.caption(i) == big.caption(i)
+        for t in (0, 7):
+            x, y = b.centre(t)
+            assert b.radius <= x <= 32 - b.radius and b.radius <= y <= 32 - b.radius
+    with pytest.raises(ValueError, match="radius"):
+        CaptionedVideoWorld(4, radius=(0.2, 0.3))
+    with pytest.raises(TypeError, match="radius"):
+        CaptionedVideoWorld(4, radius=0.2)

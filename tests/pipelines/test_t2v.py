@@ -139,3 +139,35 @@ def test_save_grid_places_each_video(tmp_path):
     assert np.array_equal(frames[0, 4:12, 16:24, :3], cell[0])
     with pytest.raises(ValueError, match="captions"):
         save_grid(videos, tmp_path / "g.gif", ["a"])
+
+
+def test_context_standardize_fits_applies_and_travels_with_the_weights(tmp_path):
+    from veil.pipelines import ContextStandardize
+
+    seen = {}
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, t, c, n=None):
+            seen["context"] = c
+            return x
+
+    norm = ContextStandardize(Spy(), 4)
+    emb = [torch.tensor([[1.0, 2.0, 0.0, 5.0], [3.0, 2.0, 0.0, 7.0]]), torch.tensor([[5.0, 2.0, 0.0, 9.0]])]
+    norm.fit(emb)
+    torch.testing.assert_close(norm.mean, torch.tensor([3.0, 2.0, 0.0, 7.0]))
+    torch.testing.assert_close(norm.std, torch.tensor([2.0, 1e-3, 1e-3, 2.0]))  # constant features: the floor
+    norm(torch.zeros(1, 3, 1, 2, 2), torch.tensor([500.0]), torch.tensor([[[5.0, 2.0, 0.0, 3.0]]]))
+    torch.testing.assert_close(seen["context"], torch.tensor([[[1.0, 0.0, 0.0, -2.0]]]))
+    with pytest.raises(ValueError, match="width 4"):
+        norm.fit([torch.zeros(3, 5)])
+    # a text_norm pipeline saves the statistics with the weights and standardises before the denoiser
+    cfg = tiny_config()
+    cfg.text_norm = True
+    model = randomize(cfg.build_model(), 0)
+    inner = next(m for m in model.modules() if isinstance(m, ContextStandardize))
+    inner.fit([torch.randn(6, inner.mean.numel()) * 3 + 1])
+    path = save_checkpoint(tmp_path / "n.safetensors", step=1, model=model, extra={"pipeline": cfg.to_dict()})
+    pipe = TextToVideo.from_checkpoint(path, text_encoder=HashEncoder())
+    back = next(m for m in pipe.model.modules() if isinstance(m, ContextStandardize))
+    assert torch.equal(back.mean, inner.mean) and torch.equal(back.std, inner.std)
+    assert pipe.config.text_norm

@@ -113,19 +113,40 @@ def render(spec: VideoSpec) -> torch.Tensor:
     return (video.clamp(0, 1) * 2 - 1).contiguous()
 
 
+RADIUS = (0.14, 0.2)  # the default object radius range, as fractions of the frame size
+MAX_RADIUS = 0.25  # the largest radius fraction whose longest trajectory still fits in a 32-pixel frame
+
+
+def check_radius(radius: object) -> tuple[float, float]:
+    """A radius range ``(lo, hi)`` as fractions of the frame size, with ``0 < lo <= hi <= 0.25``.
+
+    Raises:
+        TypeError / ValueError: not two numbers, or out of range.
+    """
+    if not isinstance(radius, (tuple, list)) or len(radius) != 2 or \
+            any(isinstance(r, bool) or not isinstance(r, (int, float)) for r in radius):
+        raise TypeError(f"radius: expected two numbers (lo, hi), fractions of the frame size, got {radius!r}")
+    lo, hi = float(radius[0]), float(radius[1])
+    if not 0 < lo <= hi <= MAX_RADIUS:
+        raise ValueError(f"radius: expected 0 < lo <= hi <= {MAX_RADIUS} (fractions of the frame size), "
+                         f"got ({lo}, {hi})")
+    return lo, hi
+
+
 def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
-                rng: np.random.Generator) -> VideoSpec:
+                rng: np.random.Generator, radius: tuple[float, float] = RADIUS) -> VideoSpec:
     """Draw the continuous parameters of a video of the given triple from ``rng``.
 
-    The radius is 14-20% of the frame, a moving object travels 20-40% of the frame over the clip, and the whole
-    trajectory stays inside the frame with a 1-pixel margin.
+    The radius is drawn from ``radius`` (fractions of the frame, default 14-20%), a moving object travels 20-40% of
+    the frame over the clip, and the whole trajectory stays inside the frame with a 1-pixel margin.
     """
     _check_triple(colour, shape, motion)
+    lo_r, hi_r = check_radius(radius)
     S = float(size)
-    radius = float(rng.uniform(0.14, 0.2) * S)
+    radius_px = float(rng.uniform(lo_r, hi_r) * S)
     travel = 0.0 if motion == "still" else float(rng.uniform(0.2, 0.4) * S)
     speed = travel / max(frames - 1, 1)
-    lo, hi = _MARGIN + radius, S - _MARGIN - radius  # allowed range of the box centre
+    lo, hi = _MARGIN + radius_px, S - _MARGIN - radius_px  # allowed range of the box centre
     dx, dy = _DIRECTIONS[motion]
 
     def along(d: float) -> float:  # start coordinate on one axis so that start + d * travel stays in [lo, hi]
@@ -139,7 +160,7 @@ def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
     rgb = tuple(float(np.clip(c + rng.uniform(-0.05, 0.05), 0.0, 1.0)) for c in COLOURS[colour])
     background = tuple(float(c) for c in rng.uniform(0.0, 0.22, size=3))
     gradient = (float(rng.uniform(0.0, 0.08)), float(rng.uniform(0.0, 2 * np.pi)))
-    return VideoSpec(colour=colour, shape=shape, motion=motion, rgb=rgb, radius=radius, start=start, speed=speed,
+    return VideoSpec(colour=colour, shape=shape, motion=motion, rgb=rgb, radius=radius_px, start=start, speed=speed,
                      background=background, gradient=gradient, frames=frames, size=size)
 
 
@@ -167,6 +188,7 @@ class CaptionedVideoWorld(Dataset):
         seed: any int >= 0; the same seed gives the same dataset.
         exclude: phrases naming combinations never shown ("blue triangle", "green moving up", "still"); see
             veil.data.vocab.parse_phrase. Held-out combinations are in ``self.held_out``.
+        radius: the object radius range (lo, hi) as fractions of the frame size, ``0 < lo <= hi <= 0.25``.
 
     Raises:
         TypeError / ValueError: a bad argument, an unknown word in ``exclude``, or an ``exclude`` that removes
@@ -174,7 +196,7 @@ class CaptionedVideoWorld(Dataset):
     """
 
     def __init__(self, num_samples: int, frames: int = 16, size: int = 32, seed: int = 0,
-                 exclude: Iterable[str | Pattern] | str | None = None):
+                 exclude: Iterable[str | Pattern] | str | None = None, radius: tuple[float, float] = RADIUS):
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.frames = _check_int("frames", frames, MIN_FRAMES, MAX_FRAMES)
         self.size = _check_int("size", size, 1)
@@ -182,6 +204,7 @@ class CaptionedVideoWorld(Dataset):
             raise ValueError(f"size: expected one of {SIZES}, got {size}")
         self.seed = _check_int("seed", seed, 0)
         self.seen, self.held_out = split_combinations(exclude)
+        self.radius = check_radius(radius)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -194,7 +217,7 @@ class CaptionedVideoWorld(Dataset):
         index = self._index(index)
         rng = self._rng(index)
         colour, shape, motion = self.seen[int(rng.integers(len(self.seen)))]
-        return sample_spec(colour, shape, motion, frames=self.frames, size=self.size, rng=rng)
+        return sample_spec(colour, shape, motion, frames=self.frames, size=self.size, rng=rng, radius=self.radius)
 
     def caption(self, index: int) -> str:
         """The caption of sample ``index``."""

@@ -2,7 +2,14 @@
 
 from veil.pipelines.codecs import PixelCodec, VAECodec
 from veil.pipelines.media import save_grid, save_video
-from veil.pipelines.t2v import PipelineConfig, TextToVideo, XPrediction, default_checkpoint, make_text_encoder
+from veil.pipelines.t2v import (
+           ContextStandardize,
+           PipelineConfig,
+           TextToVideo,
+           XPrediction,
+           default_checkpoint,
+           make_text_encoder,
+)
 
-__all__ = ["PipelineConfig", "PixelCodec", "TextToVideo", "VAECodec", "XPrediction", "default_checkpoint",
-           "make_text_encoder", "save_grid", "save_video"]
+__all__ = ["ContextStandardize", "PipelineConfig", "PixelCodec", "TextToVideo", "VAECodec", "XPrediction",
+           "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 
 from veil.data import CaptionedVideoWorld
 from veil.diffusion import FlowMatching
-from veil.pipelines.t2v import PipelineConfig, make_text_encoder
+from veil.pipelines.t2v import ContextStandardize, PipelineConfig, make_text_encoder
 from veil.training.checkpoint import save_checkpoint
 from veil.training.loop import TrainConfig, Trainer
 
@@ -42,9 +42,12 @@ class T2VConfig:
 
     Attributes:
         dim, heads, layers, ffn_dim, freq_dim, patch: the WanDiT (pixel space, 3 channels).
-        frames, size, samples, world_seed, exclude: the world (``samples`` distinct clips; ``exclude`` phrases
-            name held-out combinations, e.g. "blue triangle").
+        frames, size, samples, world_seed, exclude, radius: the world (``samples`` distinct clips; ``exclude``
+            phrases name held-out combinations, e.g. "blue triangle"; ``radius`` the object radius range as
+            fractions of the frame).
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
+        text_norm: standardise the text embeddings per feature with the training captions' statistics (see
+            :class:`~veil.pipelines.t2v.ContextStandardize`).
         shift, timesteps, loss_weight: flow matching sigma shift, timestep sampling ("logit_normal" or
             "uniform") and loss weighting ("none" or "sigma_sqr", see :class:`~veil.diffusion.FlowMatching`).
         prediction: "x0" (the network predicts the clean clip, see :class:`~veil.pipelines.t2v.XPrediction`) or
@@ -64,6 +67,7 @@ class T2VConfig:
     frames: int = 8
     size: int = 32
     samples: int = 8192
+    radius: tuple[float, float] = (0.14, 0.2)
     world_seed: int = 0
     exclude: list[str] = dataclasses.field(default_factory=lambda: ["blue triangle", "green moving up"])
     text_encoder: str = "minilm"
@@ -71,6 +75,7 @@ class T2VConfig:
     shift: float = 2.0
     timesteps: str = "logit_normal"
     loss_weight: str = "none"
+    text_norm: bool = False
     prediction: str = "x0"
     scheduler: str = "flow_euler"
     guidance: float = 4.0
@@ -91,6 +96,7 @@ class T2VConfig:
 
     def __post_init__(self) -> None:
         self.patch = tuple(self.patch)  # type: ignore[assignment]
+        self.radius = tuple(self.radius)  # type: ignore[assignment]
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
         self.exclude = list(self.exclude)
@@ -101,7 +107,8 @@ class T2VConfig:
                      freq_dim=self.freq_dim)
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
                               objective="flow", shift=self.shift, scheduler=self.scheduler, guidance=self.guidance,
-                              steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction)
+                              steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction,
+                              text_norm=self.text_norm)
 
     def train_config(self, out_dir: str | None, resume: str | None, progress: bool = True) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
@@ -261,13 +268,16 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
     out = Path(out_dir)
     t0 = time.perf_counter()
     world = CaptionedVideoWorld(config.samples, frames=config.frames, size=config.size, seed=config.world_seed,
-                                exclude=config.exclude or None)
+                                exclude=config.exclude or None, radius=config.radius)
     encoder = make_text_encoder(config.text_encoder, Path(config.cache_dir).expanduser())
     data = WorldEmbeddings(world, encoder)
     log(f"world: {len(world)} clips, {len(world.seen)} seen / {len(world.held_out)} held-out combinations, "
         f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
     pipeline = config.pipeline()
     model = pipeline.build_model()
+    if config.text_norm:
+        norm = next(m for m in model.modules() if isinstance(m, ContextStandardize))
+        norm.fit(data.embeddings)
     objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
                              weighting=typing.cast(Any, config.loss_weight))
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
