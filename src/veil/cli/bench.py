@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
-from veil.bench import attention, models, report
+from veil.bench import attention, boxes, models, report
 from veil.cli import bench_lm
 from veil.cli.masks import grid_arg
 
@@ -16,6 +17,7 @@ def add_parser(sub) -> None:
                        "measured side by side in one run).")
     programs = p.add_subparsers(dest="program", metavar="PROGRAM", required=True)
     add_models_parser(programs)
+    add_boxes_parser(programs)
     bench_lm.add_parser(programs)
     a = programs.add_parser(
         "attention", help="every attention backend against dense SDPA, per mask and size",
@@ -111,4 +113,39 @@ def run_models(args: argparse.Namespace) -> int:
         key, title = ("models-quick", "models --quick") if args.quick else ("models", "models")
         report.update_doc(args.output, key, report.models_section(key, title, parity, sparse, cfg, command))
         print(f"replaced the section '{title}' of {args.output}")
+    return 0
+
+
+def add_boxes_parser(programs) -> None:
+    d = boxes.Config()
+    b = programs.add_parser(
+        "boxes", help="the best share of window_3d's ideal speed-up that query-box tiling can reach",
+        description="Dense SDPA over the whole grid against SDPA batched over query boxes of one frame, each on "
+                    "the keys of its queries' window union (already laid out: no gather, no mask), CPU time, side "
+                    "by side in one process: the dense work a box-tiled exact window_3d kernel cannot avoid.")
+    b.add_argument("--grid", type=grid_arg, help="TxHxW (default " + "x".join(map(str, d.grid)) + ")")
+    b.add_argument("--window", type=grid_arg, help="odd window TxHxW (default " + "x".join(map(str, d.window)) + ")")
+    b.add_argument("--repeats", type=int, help=f"timed runs per box, best reported (default {d.repeats})")
+    b.add_argument("--threads", type=int, help=f"torch threads (default {d.threads})")
+    b.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces")
+    b.add_argument("--no-write", action="store_true", help="print the table only")
+    b.set_defaults(run=run_boxes, parser=b)
+
+
+def run_boxes(args: argparse.Namespace) -> int:
+    overrides = {k: v for k in ("grid", "window", "repeats", "threads") if (v := getattr(args, k)) is not None}
+    cfg = boxes.Config(**overrides)
+    rows = boxes.run(cfg)
+    table = "\n".join([boxes.header(), *(boxes.format_row(r) for r in rows)])
+    print(table, flush=True)
+    if not args.no_write:
+        command = "veil " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+        text = "\n".join([
+            "<!-- veil bench boxes -->", "## `veil bench boxes`", "", f"Command: `{command}`  ",
+            f"Machine: {report.machine('cpu', cfg.threads)}, load average {os.getloadavg()[0]:.1f}  ",
+            f"Grid {'x'.join(map(str, cfg.grid))}, window {'x'.join(map(str, cfg.window))}, one head, head dim "
+            f"{cfg.head_dim}, fp32, forward; best of {cfg.repeats} runs, process CPU time.", "",
+            boxes.__doc__.split("\n\n")[1].replace("\n", " "), "", table, "<!-- /veil bench boxes -->"])
+        report.update_doc(args.output, "boxes", text)
+        print(f"replaced the section 'boxes' of {args.output}")
     return 0
