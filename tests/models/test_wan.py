@@ -309,3 +309,39 @@ def test_config_errors_name_the_field():
     tiled = WanDiT(WanConfig.preset("tiny", attention=tw[0]))
     with pytest.raises(ValueError, match="tile"):
         tiled(torch.randn(1, 4, 2, 6, 8), torch.tensor([1.0]), torch.randn(1, 3, 16))
+
+
+def test_pooled_text_adds_the_mean_valid_token_to_the_time_embedding():
+    ours = WanDiT.from_diffusers(_diffusers())
+    cfg = dataclasses.replace(ours.config, pooled_text=True)
+    pooled = WanDiT(cfg)
+    missing, unexpected = pooled.load_state_dict(ours.state_dict(), strict=False)
+    assert sorted(missing) == [f"pooled_text_embedding.linear_{i}.{w}" for i in (1, 2) for w in ("bias", "weight")]
+    assert not unexpected
+    x, t, context, lengths = _inputs()
+    proj = pooled.pooled_text_embedding
+    with torch.no_grad():
+        # hand-made: masked mean -> Linear -> GELU(tanh) -> Linear, added to the timestep embedding
+        mean = torch.stack([context[b, : lengths[b]].mean(0) for b in range(2)])
+        cond = proj.linear_2(torch.nn.functional.gelu(proj.linear_1(mean), approximate="tanh"))
+        torch.testing.assert_close(pooled.pool_text(context, lengths, None), cond)
+        emb, _ = ours.embed_time(t, 2, 1)
+        emb_p, _ = pooled.embed_time(t, 2, 1, cond)
+        torch.testing.assert_close(emb_p, emb + cond)
+        # zero weights in the pooled path: the model without it, exactly
+        for p in proj.parameters():
+            p.zero_()
+        torch.testing.assert_close(pooled(x, t, context, lengths), ours(x, t, context, lengths), rtol=0, atol=0)
+        torch.manual_seed(3)
+        for p in proj.parameters():
+            p.normal_(0, 0.5)
+        out = pooled(x, t, context, lengths)
+        assert (out - ours(x, t, context, lengths)).abs().max() > 1e-3  # the path is live
+        # padding past the lengths is never seen, and a null prompt (length 0) pools to zeros
+        noisy = context.clone()
+        noisy[0, lengths[0]:] = 5.0
+        noisy[1, lengths[1]:] = 5.0
+        torch.testing.assert_close(pooled(x, t, noisy, lengths), out)
+        zero = pooled.pool_text(context, torch.tensor([0, 3]), None)[0]
+        gelu = torch.nn.functional.gelu
+        torch.testing.assert_close(zero, proj.linear_2(gelu(proj.linear_1.bias, approximate="tanh")))

@@ -163,6 +163,8 @@ class WanDiT(nn.Module):
         self.text_embedding = TextProjection(config.text_dim, e)
         self.time_embedding = TimestepEmbedding(e, config.freq_dim)
         self.time_projection = nn.Linear(e, 6 * e)
+        if config.pooled_text:
+            self.pooled_text_embedding = TextProjection(config.text_dim, e)
         self.rope = Rope3D(config.head_dim, config.rope_base)
         self.blocks = nn.ModuleList(WanBlock(config, i) for i in range(config.num_layers))
         self.norm_out = LayerNorm(e, config.eps, affine=False)
@@ -194,11 +196,13 @@ class WanDiT(nn.Module):
         x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)  # (B, C, T, pt, H', ph, W', pw)
         return x.reshape(x.shape[0], x.shape[1], t * pt, h * ph, w * pw)
 
-    def embed_time(self, timestep: Tensor, batch: int, num_tokens: int) -> tuple[Tensor, Tensor]:
+    def embed_time(self, timestep: Tensor, batch: int, num_tokens: int,
+                   condition: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Timesteps -> float32 ``(emb, e6)``: ``emb`` ``[B(, L), E]`` and the blocks' ``e6`` ``[B(, L), 6, E]``.
 
         Args:
             timestep: ``[B]`` (or a scalar, shared by the batch) or per-token ``[B, L]`` (Wan 2.2 TI2V).
+            condition: ``[B, E]`` added to the timestep embedding (the pooled text of ``config.pooled_text``).
         """
         if not isinstance(timestep, torch.Tensor):
             timestep = torch.as_tensor(timestep)
@@ -210,10 +214,29 @@ class WanDiT(nn.Module):
         f = timestep_sinusoid(timestep.reshape(-1), self.config.freq_dim)  # (B[*L], F) float32
         te = self.time_embedding
         emb = _linear32(te.linear_2, F.silu(_linear32(te.linear_1, f)))  # (B[*L], E)
+        if condition is not None:
+            cond = condition.float()
+            emb = emb + (cond.repeat_interleave(num_tokens, 0) if timestep.dim() == 2 else cond)
         e6 = _linear32(self.time_projection, F.silu(emb)).unflatten(-1, (6, -1))  # (B[*L], 6, E)
         if timestep.dim() == 2:
             return emb.unflatten(0, (batch, num_tokens)), e6.unflatten(0, (batch, num_tokens))
         return emb, e6
+
+    def pool_text(self, context: Tensor, context_lengths: Tensor | None, context_mask: Tensor | None) -> Tensor:
+        """``config.pooled_text``'s vector ``[B, E]``: the mean of the valid text tokens through their own MLP.
+
+        A sample without valid tokens (the null prompt of guidance) pools to zeros.
+        """
+        b, s = context.shape[:2]
+        valid = torch.ones(b, s, dtype=torch.bool, device=context.device)
+        if context_lengths is not None:
+            valid = torch.arange(s, device=context.device) < context_lengths.to(context.device).view(-1, 1)
+        if context_mask is not None:
+            valid = valid & context_mask.to(device=context.device, dtype=torch.bool)
+        w = valid.to(context.dtype).unsqueeze(-1)  # (B, S, 1)
+        mean = (context * w).sum(1) / w.sum(1).clamp(min=1)  # (B, text_dim)
+        proj = self.pooled_text_embedding
+        return _linear32(proj.linear_2, F.gelu(_linear32(proj.linear_1, mean.float()), approximate="tanh"))
 
     def head(self, x: Tensor, emb: Tensor) -> Tensor:
         """Output norm, modulation (float32) and projection: ``[B, L, E]`` -> ``[B, L, C_out * prod(patch)]``."""
@@ -267,7 +290,8 @@ class WanDiT(nn.Module):
             raise ValueError(f"context: expected [B, S, {cfg.text_dim}] with B={bsz}, got {got}")
         if not cfg.mask_text_padding:
             context_lengths = context_mask = None
-        emb, e6 = self.embed_time(torch.as_tensor(timestep, device=tokens.device), bsz, n)
+        pooled = self.pool_text(context, context_lengths, context_mask) if cfg.pooled_text else None
+        emb, e6 = self.embed_time(torch.as_tensor(timestep, device=tokens.device), bsz, n, pooled)
         text = self.text_embedding(context.to(tokens.dtype))  # (B, S, E)
         lay = self.layout(grid, tokens.device)
         if lay.tile is not None:

@@ -142,6 +142,9 @@ class WanConfig:
         mask_text_padding: True: text tokens past ``context_lengths`` are never attended. False: Wan's original
             behaviour (zero-padded text tokens are attended; ``context_lengths`` is ignored), for checkpoint
             fidelity.
+        pooled_text: also condition on the text globally, as SD3 and Flux do with their pooled text vector: the
+            mean of the valid text tokens, through its own text MLP, is added to the timestep embedding that
+            modulates every block and the head. Not in Wan (False keeps Wan's weights and outputs).
         attention: one pattern for every layer, or one per layer: an :class:`AttentionPattern` or a name
             (``"full"``, ``"spatial"``, ``"temporal"``, ``"frame_causal"``).
         tile_permute: with ``tile_window`` layers, permute the tokens into tile order once per forward (every
@@ -165,6 +168,7 @@ class WanConfig:
     cross_attn_norm: bool = True
     rope_base: float = 10000.0
     mask_text_padding: bool = True
+    pooled_text: bool = False
     attention: AttentionPattern | str | tuple[AttentionPattern | str, ...] = "full"
     tile_permute: bool = True
     feed_forward: FeedForwardKind | tuple[FeedForwardKind, ...] = "dense"

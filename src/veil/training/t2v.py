@@ -46,6 +46,7 @@ class T2VConfig:
             phrases name held-out combinations, e.g. "blue triangle"; ``radius`` the object radius range as
             fractions of the frame).
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
+        pooled_text: also condition every block on the mean text embedding (:class:`~veil.models.WanConfig`).
         text_norm: standardise the text embeddings per feature with the training captions' statistics (see
             :class:`~veil.pipelines.t2v.ContextStandardize`).
         shift, timesteps, loss_weight: flow matching sigma shift, timestep sampling ("logit_normal" or
@@ -76,6 +77,7 @@ class T2VConfig:
     timesteps: str = "logit_normal"
     loss_weight: str = "none"
     text_norm: bool = False
+    pooled_text: bool = False
     prediction: str = "x0"
     scheduler: str = "flow_euler"
     guidance: float = 4.0
@@ -104,7 +106,7 @@ class T2VConfig:
     def pipeline(self) -> PipelineConfig:
         model = dict(in_channels=3, out_channels=3, patch_size=list(self.patch), dim=self.dim, heads=self.heads,
                      num_layers=self.layers, ffn_dim=self.ffn_dim, text_dim=_text_dim(self.text_encoder),
-                     freq_dim=self.freq_dim)
+                     freq_dim=self.freq_dim, pooled_text=self.pooled_text)
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
                               objective="flow", shift=self.shift, scheduler=self.scheduler, guidance=self.guidance,
                               steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction,
