@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from veil.data import make_video
-from veil.pipelines.evaluate import default_prompts, evaluate, score_videos, truth_of, window_scores
+from veil.pipelines.evaluate import default_prompts, evaluate, extension_ceiling, score_videos, truth_of, window_scores
 
 TRIPLES = [("red", "circle", "left"), ("blue", "square", "up"), ("yellow", "triangle", "still"),
            ("green", "square", "down")]
@@ -43,11 +43,21 @@ def test_window_scores_count_each_window():
     assert s["windows"] == 6 and s["colour"] == 1.0 and s["motion"] == 0.5 and s["both"] == 0.5
 
 
+def test_extension_ceiling_is_the_world_continued():
+    still = extension_ceiling([("red", "square", "still")], 8, 32, 4, samples=4)
+    assert still == {"windows": 16, "colour": 1.0, "motion": 1.0, "both": 1.0}
+    moving = extension_ceiling([("green", "circle", "left"), ("white", "triangle", "down")], 8, 32, 4, samples=6)
+    # the first window always moves the right way; by the fourth the object has travelled 80-160% of the frame
+    assert moving["windows"] == 48 and 0.25 <= moving["motion"] < 0.75 and moving["colour"] < 1.0
+    assert moving == extension_ceiling([("green", "circle", "left"), ("white", "triangle", "down")], 8, 32, 4,
+                                       samples=6)  # deterministic by seed
+
+
 class WorldPipeline:
     """Answers every prompt with the world's own render of it (a perfect model)."""
 
     class config:  # noqa: N801
-        frames = 8
+        frames, size = 8, 32
 
     extra: dict = {}
 
@@ -67,6 +77,7 @@ def test_evaluate_a_perfect_pipeline_writes_its_report(tmp_path):
     assert report["seen"]["all"] == 1.0 and report["held_out"]["all"] == 1.0
     assert report["held_out_combinations"]["a blue triangle moving up"]["got"] == ["blue", "triangle", "up"]
     assert report["extension"]["windows"] == 8 and report["extension"]["both"] == 1.0
+    assert report["extension"]["ceiling"]["windows"] == 2 * 8 * 4  # 8 clips per prompt, 4 windows each
     assert json.loads((tmp_path / "report.json").read_text())["seen"]["n"] == len(seen)
     md = (tmp_path / "report.md").read_text()
     assert "| held_out | 2 | 100.0% | 100.0% | 100.0% | 100.0% |" in md

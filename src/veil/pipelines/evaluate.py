@@ -10,6 +10,7 @@ The extension check generates ``factor`` times the trained length window by wind
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -17,13 +18,15 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from veil.data import analyze, caption, parse_phrase, split_combinations
+from veil.data import analyze, caption, parse_phrase, render, sample_spec, split_combinations
 from veil.pipelines.media import save_grid
 
-__all__ = ["ATTRIBUTES", "default_prompts", "evaluate", "score_videos", "truth_of", "window_scores"]
+__all__ = ["ATTRIBUTES", "default_prompts", "evaluate", "extension_ceiling", "score_videos", "truth_of",
+           "window_scores"]
 
 ATTRIBUTES = ("colour", "shape", "motion")
 
@@ -99,6 +102,33 @@ def window_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], window
     return {"windows": n, **{k: v / n for k, v in counts.items()}}
 
 
+def extension_ceiling(truths: Sequence[tuple[str, str, str]], frames: int, size: int, factor: int, *,
+                      samples: int = 8, seed: int = 0) -> dict[str, Any]:
+    """What a perfect model scores on the extension check: the world's own motion, continued.
+
+    For each triple, ``samples`` clips are drawn as the world draws them for ``frames`` frames, then rendered for
+    ``factor * frames`` frames at the same speed and direction, and scored with :func:`window_scores`. A moving
+    object travels 20-40% of the frame per trained length, so it leaves the frame within a few windows: this is
+    the most any model that continues the motion can score, below 100% by the world's geometry.
+
+    Returns:
+        :func:`window_scores`' dict over all the rendered clips.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small renders: one thread is fastest
+    try:
+        rng = np.random.default_rng([seed, 7])
+        videos, clip_truths = [], []
+        for truth in truths:
+            for _ in range(samples):
+                spec = sample_spec(*truth, frames=frames, size=size, rng=rng)
+                videos.append(render(dataclasses.replace(spec, frames=factor * frames)))
+                clip_truths.append(truth)
+        return window_scores(torch.stack(videos), clip_truths, frames)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _generate(pipeline: Any, prompts: Sequence[str], batch: int, **kw: Any) -> Tensor:
     out = [pipeline(list(prompts[i:i + batch]), **kw) for i in range(0, len(prompts), batch)]
     return torch.cat(out) if out else torch.zeros(0)
@@ -156,8 +186,11 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
         chosen = prompts[::stride][:extension_prompts]
         frames = pipeline.config.frames
         long_videos = _generate(pipeline, chosen, batch_size, extend_to=extend_factor * frames, **kw)
+        truths = [truth_of(p) for p in chosen]
         report["extension"] = {"factor": extend_factor, "prompts": chosen,
-                               **window_scores(long_videos, [truth_of(p) for p in chosen], frames)}
+                               **window_scores(long_videos, truths, frames),
+                               "ceiling": extension_ceiling(truths, frames, pipeline.config.size, extend_factor,
+                                                            seed=seed)}
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
         out = Path(out_dir)
@@ -192,4 +225,9 @@ def markdown(report: dict[str, Any]) -> str:
         e = report["extension"]
         lines += ["", f"Extension to {e['factor']}x the trained length ({e['windows']} windows): colour kept in "
                   f"{_pct(e['colour'])}, motion in {_pct(e['motion'])}, both in {_pct(e['both'])}."]
+        if "ceiling" in e:
+            c = e["ceiling"]
+            lines.append(f"Ceiling (the world's own motion continued for the same prompts, {c['windows']} windows; "
+                         f"objects leave the frame): colour {_pct(c['colour'])}, motion {_pct(c['motion'])}, both "
+                         f"{_pct(c['both'])}.")
     return "\n".join(lines) + "\n"
