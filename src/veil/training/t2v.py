@@ -84,7 +84,7 @@ class T2VConfig:
     guidance: float = 4.0
     sample_steps: int = 20
     overlap: int = 4
-    steps: int = 4000
+    steps: int = 3500
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
@@ -126,7 +126,7 @@ def _text_dim(name: str) -> int:
 
 
 PRESETS: dict[str, T2VConfig] = {
-    # the shipped default: 4000 steps of batch 32 on 2 CPU cores (see README for the measured time)
+    # the shipped default: 3500 steps of batch 32 on 2 CPU cores (see README for the measured time)
     "tiny-t2v": T2VConfig(),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
