@@ -76,6 +76,18 @@ def test_padded_rows_are_zero_with_zero_grad():
     assert gk[0, :, 4:].abs().max() == 0 and gv[1].abs().max() == 0 and gk[2].abs().max() > 0
 
 
+def test_nothing_visible_anywhere_gives_zeros_and_zero_grads():
+    # every sample fully padded (found by hypothesis: B=1, key_padding([0])); inf inputs must not become NaN
+    q, k, v = (torch.randn(1, 2, 4, 8, requires_grad=True) for _ in range(3))
+    with torch.no_grad():
+        k[0, 0, 0, 0] = float("inf")
+    out = veil.attend(q, k, v, M.key_padding([0]), backend="varlen")
+    assert out.shape == (1, 2, 4, 8) and torch.equal(out, torch.zeros_like(out))
+    out.sum().backward()
+    for t in (q, k, v):
+        assert t.grad is not None and torch.equal(t.grad, torch.zeros_like(t))
+
+
 def test_each_sample_equals_its_unpadded_tokens_alone():
     # The OpenDiT contract: a sample's valid tokens get the result they would get with no padding at all.
     q_lens, k_lens = [5, 2, 7], [6, 9, 1]

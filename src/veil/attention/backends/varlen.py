@@ -188,7 +188,9 @@ def varlen_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask, scale: float, 
         raise ValueError(f"mask: the varlen backend needs padding or document structure: {p}")
     out = q.new_zeros(batch, hq, q_len, v.shape[-1])
     if not p.segments:
-        return out
+        # nothing is visible: still tie the zeros to the inputs (sums over empty slices are exactly 0, even for
+        # inf inputs) so that backward works and gives q, k and v exactly zero gradients
+        return out + (q[..., :0].sum() + k[..., :0].sum() + v[..., :0].sum())
     if _flash_ok(q, v, p, q_len, kv_len):
         return _flash(q, k, v, p, scale, softcap, out, causal=isinstance(p.residual, Causal))
     groups: dict[tuple, list] = defaultdict(list)
