@@ -17,10 +17,10 @@ from veil.data.vocab import (
     split_prompts,
     vocabulary,
 )
-from veil.data.world import CaptionedVideoWorld, VideoSpec, make_video, render, sample_spec
+from veil.data.world import CaptionedVideoWorld, VideoSpec, make_video, render, render_many, sample_spec
 
 __all__ = [
     "COLOURS", "MOTIONS", "SHAPES", "Analysis", "CaptionedVideoWorld", "Pattern", "VideoFolder", "VideoSpec",
     "all_combinations", "analyze", "analyze_batch", "caption", "make_video", "parse_exclude", "parse_phrase",
-    "read_clip", "render", "sample_spec", "split_combinations", "split_prompts", "vocabulary",
+    "read_clip", "render", "render_many", "sample_spec", "split_combinations", "split_prompts", "vocabulary",
 ]

@@ -133,6 +133,20 @@ def check_radius(radius: object) -> tuple[float, float]:
     return lo, hi
 
 
+def render_many(specs: Iterable[VideoSpec]) -> torch.Tensor:
+    """Draw many videos of equal shape: float32 ``[N, 3, T, H, W]`` in ``[-1, 1]``.
+
+    Renders on one torch thread (restored after): these small tensors render much faster on one thread than on
+    two contended ones.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.stack([render(spec) for spec in specs])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
                 rng: np.random.Generator, radius: tuple[float, float] = RADIUS) -> VideoSpec:
     """Draw the continuous parameters of a video of the given triple from ``rng``.
@@ -249,4 +263,5 @@ def make_video(colour: str, shape: str, motion: str, *, frames: int = 16, size: 
     return render(spec), spec
 
 
-__all__ = ["MOTIONS", "CaptionedVideoWorld", "VideoSpec", "make_video", "render", "sample_spec", "shape_inside"]
+__all__ = ["MOTIONS", "CaptionedVideoWorld", "VideoSpec", "make_video", "render", "render_many", "sample_spec",
+           "shape_inside"]

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from veil.data import analyze, caption, parse_phrase, render, sample_spec, split_combinations
+from veil.data import analyze, caption, parse_phrase, render_many, sample_spec, split_combinations
 from veil.pipelines.media import save_grid
 
 __all__ = ["ATTRIBUTES", "default_prompts", "evaluate", "extension_ceiling", "score_videos", "truth_of",
@@ -114,19 +114,14 @@ def extension_ceiling(truths: Sequence[tuple[str, str, str]], frames: int, size:
     Returns:
         :func:`window_scores`' dict over all the rendered clips.
     """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # small renders: one thread is fastest
-    try:
-        rng = np.random.default_rng([seed, 7])
-        videos, clip_truths = [], []
-        for truth in truths:
-            for _ in range(samples):
-                spec = sample_spec(*truth, frames=frames, size=size, rng=rng)
-                videos.append(render(dataclasses.replace(spec, frames=factor * frames)))
-                clip_truths.append(truth)
-        return window_scores(torch.stack(videos), clip_truths, frames)
-    finally:
-        torch.set_num_threads(threads)
+    rng = np.random.default_rng([seed, 7])
+    specs, clip_truths = [], []
+    for truth in truths:
+        for _ in range(samples):
+            spec = sample_spec(*truth, frames=frames, size=size, rng=rng)
+            specs.append(dataclasses.replace(spec, frames=factor * frames))
+            clip_truths.append(truth)
+    return window_scores(render_many(specs), clip_truths, frames)
 
 
 def _generate(pipeline: Any, prompts: Sequence[str], batch: int, **kw: Any) -> Tensor:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from veil.data import CaptionedVideoWorld
+from veil.data import CaptionedVideoWorld, render_many
 from veil.diffusion import FlowMatching
 from veil.pipelines.t2v import ContextStandardize, PipelineConfig, make_text_encoder
 from veil.training.checkpoint import save_checkpoint
@@ -215,12 +215,7 @@ class WorldEmbeddings(Dataset):
             emb, lengths = encoder.encode(distinct[start:start + chunk])
             self.embeddings += [emb[i, : int(n)].float().clone() for i, n in enumerate(lengths)]
         self.distinct = len(distinct)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            self.videos = torch.stack([world[i]["video"] for i in range(len(world))])  # (N, 3, T, H, W)
-        finally:
-            torch.set_num_threads(threads)
+        self.videos = render_many(world.spec(i) for i in range(len(world)))  # (N, 3, T, H, W)
 
     def __len__(self) -> int:
         return len(self.world)
