@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
 import imageio.v3 as iio
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from veil.cli.main import main
 from veil.pipelines import TextToVideo, default_checkpoint
@@ -57,3 +66,55 @@ def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
     assert main(["demo", "--tiny", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "prompt-following (analyzer): colour" in out and (tmp_path / "grid.gif").is_file()
+
+
+def _losses(run_dir) -> dict[int, float]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records}
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return load_file(str(path))
+
+
+def test_same_seed_same_run_and_another_seed_another_run(tmp_path):
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    common = ["--preset", "micro-t2v", "--no-progress", cache, "steps=4", "log_every=1", "checkpoint_every=4"]
+    runs = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        torch.manual_seed(1000 + len(runs))  # whatever the global RNG holds before the run must not matter
+        assert main(["train", *common, "--out", str(tmp_path / name), f"seed={seed}"]) == 0
+        runs[name] = (_losses(tmp_path / name), _weights(tmp_path / name / "checkpoints" / "step-00000004.safetensors"))
+    (la, wa), (lb, wb), (lc, wc) = runs["a"], runs["b"], runs["c"]
+    assert list(la) == [1, 2, 3, 4] and la == lb  # bit-identical losses
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert all(la[s] != lc[s] for s in la)
+    model_keys = [k for k in wa if k.startswith("model.") and wa[k].is_floating_point()]
+    assert model_keys and any(not torch.equal(wa[k], wc[k]) for k in model_keys)
+
+
+def test_sigkill_after_a_checkpoint_then_resume_auto_repeats_the_losses(tmp_path):
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    args = ["--preset", "micro-t2v", "--no-progress", cache, "steps=300", "log_every=1", "checkpoint_every=20",
+            "seed=5"]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    assert main(["train", *args, "--out", str(full)]) == 0
+    cmd = [sys.executable, "-m", "veil.cli.main", "train", *args, "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    ckpts = killed / "checkpoints"
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ckpts.is_dir() and any(p.name.startswith("step-") and p.suffix == ".safetensors" for p in ckpts.iterdir()):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "model.safetensors").exists()
+    assert main(["train", *args, "--out", str(killed), "--resume", "auto"]) == 0
+    reference, resumed = _losses(full), _losses(killed)
+    assert list(resumed) == list(range(1, 301))
+    assert resumed == reference  # every step, before and after the kill, bit for bit
+    wf, wk = _weights(full / "model.safetensors"), _weights(killed / "model.safetensors")
+    assert wf.keys() == wk.keys() and all(torch.equal(wf[k], wk[k]) for k in wf)

@@ -224,3 +224,23 @@ def test_config_errors():
         Trainer(_model(), FlowMatching(), _dataset(), _config(resume="auto"))
     with pytest.raises(ValueError, match="dataset"):
         Trainer(_model(), FlowMatching(), [], _config())
+
+
+def test_a_model_factory_is_built_from_the_run_seed():
+    data = _dataset()
+
+    def weights(seed: int) -> list[torch.Tensor]:
+        torch.manual_seed(seed * 7 + 1)  # the caller's global RNG state must not matter
+        trainer = Trainer(lambda: TinyDenoiser(), FlowMatching(), data,
+                          _config(seed=seed))
+        return [p.detach().clone() for p in trainer.model.parameters()]
+
+    a, b, c = weights(5), weights(5), weights(6)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert any(not torch.equal(x, y) for x, y in zip(a, c))
+    torch.manual_seed(5)
+    assert all(torch.equal(x, y) for x, y in zip(a, TinyDenoiser().parameters()))
+    with pytest.raises(TypeError, match="model: expected an nn.Module or a function"):
+        Trainer(3, FlowMatching(), data, _config())
+    with pytest.raises(TypeError, match="model: the factory returned int"):
+        Trainer(lambda: 3, FlowMatching(), data, _config())

@@ -29,7 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     ``veil: error: ...`` on stderr and status 2, like any argparse usage error.
     """
     parser = build_parser()
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra:
+        # key=value overrides may follow options too (argparse takes one run of positionals only)
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = list(args.overrides) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.argv = argv
     try:
         return args.run(args) or 0

@@ -2,9 +2,11 @@
 
 Legend: B batch, C latent channels, T frames, H W latent height and width, L text tokens, Dt text width.
 
-Determinism: the data order comes from a :class:`~veil.training.batches.SeededSampler` and every random draw
-of a step (text dropout, timesteps, noise) from one CPU ``torch.Generator`` owned by the trainer; both, with
-the global RNGs (model dropout), the model, EMA, optimizer and GradScaler, are in each checkpoint. A run stopped
+Determinism: given a model factory, the trainer seeds the global RNGs with ``config.seed`` before building the
+model, so two runs with the same seed start from the same weights. The data order comes from a
+:class:`~veil.training.batches.SeededSampler` and every random draw of a step (text dropout, timesteps, noise)
+from one CPU ``torch.Generator`` owned by the trainer; both, with the global RNGs (model dropout), the model,
+EMA, optimizer and GradScaler, are in each checkpoint. A run stopped
 after N steps and resumed therefore produces the same losses as an uninterrupted one (bit for bit in fp32 on
 the CPU; GPU kernels may add their own nondeterminism).
 """
@@ -149,7 +151,10 @@ class Trainer:
     """Train a denoiser on (latents, text embeddings) with a diffusion objective.
 
     Args:
-        model: a denoiser following :mod:`veil.diffusion`'s protocol (moved to ``device``).
+        model: a denoiser following :mod:`veil.diffusion`'s protocol (moved to ``device``), or a function of no
+            arguments that builds one: it is called after the global RNGs are seeded with ``config.seed``, so the
+            initial weights are the run's own (the same on every process of a multi-process run). A module passed
+            as it is keeps the weights its caller drew.
         objective: e.g. :class:`~veil.diffusion.FlowMatching` or :class:`~veil.diffusion.DDPMObjective`.
         dataset: indexable items (see :mod:`veil.training.batches`), at least one.
         config: :class:`TrainConfig`.
@@ -163,7 +168,8 @@ class Trainer:
             resumed (named, with the problem).
     """
 
-    def __init__(self, model: nn.Module, objective: Objective, dataset: Sequence[Mapping[str, Any]],
+    def __init__(self, model: nn.Module | Callable[[], nn.Module], objective: Objective,
+                 dataset: Sequence[Mapping[str, Any]],
                  config: TrainConfig, *, empty_context: Tensor | None = None, device: torch.device | str | None = None,
                  collate: Callable[[list[Any]], Mapping[str, Tensor]] = collate_text_video):
         if not isinstance(config, TrainConfig):
@@ -171,6 +177,17 @@ class Trainer:
         if len(dataset) == 0:
             raise ValueError("dataset: expected at least one item, got an empty dataset")
         self.config = config
+        if config.deterministic:
+            torch.use_deterministic_algorithms(True)
+        seed_everything(config.seed)
+        if not isinstance(model, nn.Module):
+            if not callable(model):
+                raise TypeError(f"model: expected an nn.Module or a function that builds one, got "
+                                f"{type(model).__name__}")
+            built = model()
+            if not isinstance(built, nn.Module):
+                raise TypeError(f"model: the factory returned {type(built).__name__}, expected an nn.Module")
+            model = built
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
         self.objective = objective
@@ -178,9 +195,6 @@ class Trainer:
         self.collate = collate
         self.empty_context = empty_context
         self.autocast = _autocast(config.precision, self.device)
-        if config.deterministic:
-            torch.use_deterministic_algorithms(True)
-        seed_everything(config.seed)
         self.sampler = SeededSampler(len(dataset), config.seed)
         self.generator = torch.Generator().manual_seed(config.seed + 1)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -378,8 +392,8 @@ class Trainer:
             path.write_text("".join(kept))
 
 
-def train(model: nn.Module, objective: Objective, dataset: Sequence[Mapping[str, Any]], config: TrainConfig,
-          **kwargs: Any) -> Trainer:
+def train(model: nn.Module | Callable[[], nn.Module], objective: Objective, dataset: Sequence[Mapping[str, Any]],
+          config: TrainConfig, **kwargs: Any) -> Trainer:
     """Build a :class:`Trainer` (resuming as ``config.resume`` says), train to ``config.steps`` and return it."""
     trainer = Trainer(model, objective, dataset, config, **kwargs)
     trainer.train()

@@ -272,14 +272,18 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
     log(f"world: {len(world)} clips, {len(world.seen)} seen / {len(world.held_out)} held-out combinations, "
         f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
     pipeline = config.pipeline()
-    model = pipeline.build_model()
-    if config.text_norm:
-        norm = next(m for m in model.modules() if isinstance(m, ContextStandardize))
-        norm.fit(data.embeddings)
+
+    def build() -> torch.nn.Module:  # called by the trainer once the run's seed is set: seeded initial weights
+        model = pipeline.build_model()
+        if config.text_norm:
+            norm = next(m for m in model.modules() if isinstance(m, ContextStandardize))
+            norm.fit(data.embeddings)
+        return model
+
     objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
                              weighting=typing.cast(Any, config.loss_weight))
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
-    trainer = _T2VTrainer(model, objective, data, config.train_config(str(out), resume, progress),
+    trainer = _T2VTrainer(build, objective, data, config.train_config(str(out), resume, progress),
                           pipeline=pipeline, run=run_info)
     if trainer.resumed_from is not None:
         log(f"resumed from {trainer.resumed_from} at step {trainer.step}")
