@@ -1,4 +1,5 @@
-"""Dependencies point one way: masks -> attention -> layers -> models -> diffusion/pipelines -> training -> cli."""
+"""Dependencies point one way: masks -> attention -> distributed -> layers -> models -> diffusion/pipelines ->
+training -> cli."""
 
 import ast
 import pathlib
@@ -6,7 +7,7 @@ import pathlib
 SRC = pathlib.Path(__file__).resolve().parents[1] / "src" / "veil"
 # rank of each subpackage; a module may import only from packages of lower or equal rank
 RANK = {
-    "masks": 0, "attention": 1, "layers": 2, "models": 3, "data": 3, "text": 3,
+    "masks": 0, "attention": 1, "distributed": 1.5, "layers": 2, "models": 3, "data": 3, "text": 3,
     "diffusion": 4, "pipelines": 4, "training": 5, "bench": 6, "cli": 6,
 }
 

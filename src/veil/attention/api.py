@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from veil.attention.partials import logsumexp_scores
 from veil.attention.registry import (
     _REGISTRY,
     Backend,
@@ -35,7 +36,8 @@ def attend(
     scale: float | None = None,
     softcap: float | None = None,
     backend: str = "auto",
-) -> Tensor:
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Attention of ``q`` over ``k, v`` under ``mask`` (True = may attend), on the chosen backend.
 
     Args:
@@ -48,9 +50,15 @@ def attend(
         softcap: if set, scores become ``softcap * tanh(scores / softcap)`` before masking (Gemma 2).
         backend: a registered backend name or ``"auto"`` (the fastest exact backend for this call;
             :func:`explain` says which and why). ``veil.use_backend(name)`` sets the default for ``"auto"``.
+        return_lse: also return the log-sum-exp of each row's scores, for merging results over disjoint key
+            sets with :func:`veil.attention.merge_partials` (ring attention, split-K decoding). The reference
+            backend computes it in its own pass; every other backend computes ``out`` as usual and veil's
+            row-blocked float32 kernel adds ``lse`` (one more pass over the scores, no ``Q x K`` tensor).
 
     Returns:
-        ``[B, Hq, Q, Dv]`` in q's dtype. A query row that sees no key is exactly 0.
+        ``[B, Hq, Q, Dv]`` in q's dtype. A query row that sees no key is exactly 0. With ``return_lse``:
+        ``(out, lse)``, lse float32 ``[B, Hq, Q]``, the natural log of the row's softmax denominator (after
+        scale and softcap), ``-inf`` for a row that sees no key. Both carry gradients.
 
     Raises:
         TypeError: an input is not a floating tensor, or ``mask`` is not a Mask.
@@ -58,7 +66,11 @@ def attend(
     """
     scale = validate(q, k, v, mask, scale, softcap)
     chosen = select(Call.of(q, k, v, mask, softcap), backend)
-    return chosen.fn(q, k, v, mask, scale, softcap)
+    if not return_lse:
+        return chosen.fn(q, k, v, mask, scale, softcap)
+    if chosen.lse_fn is not None:
+        return chosen.lse_fn(q, k, v, mask, scale, softcap)
+    return chosen.fn(q, k, v, mask, scale, softcap), logsumexp_scores(q, k, v, mask, scale, softcap)
 
 
 def validate(q, k, v, mask, scale, softcap) -> float:

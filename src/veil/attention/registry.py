@@ -1,6 +1,7 @@
 """The backend registry: plain functions with declared capabilities, chosen per call.
 
-A backend is ``fn(q, k, v, mask, scale, softcap) -> out`` with q ``[B, Hq, Q, D]``, k ``[B, Hkv, K, D]``,
+A backend is ``fn(q, k, v, mask, scale, softcap) -> out`` (and optionally ``lse_fn``, the same returning
+``(out, lse)``) with q ``[B, Hq, Q, D]``, k ``[B, Hkv, K, D]``,
 v ``[B, Hkv, K, Dv]`` (inputs already validated by :func:`veil.attend`), ``mask`` a
 :class:`veil.masks.Mask` or None, ``scale`` a float and ``softcap`` a float or None. Every backend must
 return exactly 0 (and pass zero gradient) for a query row that sees no key.
@@ -55,7 +56,11 @@ class Backend:
         grad_devices: device types on which it has a backward.
         supports: ``(call) -> None | str``: None when the call is supported, else the reason why not.
         cost: ``(call) -> float``: estimated work (arbitrary units, comparable across backends) for ``auto``.
-        exact: True when the result equals the reference's up to floating-point rounding.
+        auto: False when ``auto`` never picks it (it runs only when named).
+        doc: one line for ``explain`` and the docs.
+        lse_fn: ``fn(q, k, v, mask, scale, softcap) -> (out, lse)`` when the backend computes the log-sum-exp
+            itself (with gradients); otherwise ``attend(..., return_lse=True)`` adds it with veil's row-blocked
+            kernel (:func:`veil.attention.partials.logsumexp_scores`).
     """
 
     name: str
@@ -67,6 +72,7 @@ class Backend:
     cost: Callable[[Call], float]
     auto: bool = True
     doc: str = field(default="")
+    lse_fn: BackendFn | None = None
 
     def why_not(self, call: Call) -> str | None:
         if call.device.type not in self.devices:

@@ -108,6 +108,12 @@ class Mask:
         """
         dev = torch.device(device) if device is not None else _tensor_device(self)
         self.validate(batch, heads, q_len, kv_len, dev)
+        return self.evaluate(batch, heads, q_len, kv_len, dev, q_range, kv_range)
+
+    def evaluate(self, batch: int, heads: int, q_len: int, kv_len: int, device: torch.device,
+                 q_range: tuple[int, int] | None = None, kv_range: tuple[int, int] | None = None) -> Tensor:
+        """:meth:`to_bool` without validation, for callers that validated the mask for these sizes once."""
+        dev = device
         ctx = Context(q_len, kv_len, dev, batch=batch)
         q0, q1 = q_range if q_range is not None else (0, q_len)
         k0, k1 = kv_range if kv_range is not None else (0, kv_len)

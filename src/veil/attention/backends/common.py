@@ -16,6 +16,13 @@ Tensor = torch.Tensor
 def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
                    softcap: float | None) -> Tensor:
     """Eager attention; scores, softcap and softmax in float32 (the oracle's numerics)."""
+    return math_attention_lse(q, k, v, allowed, scale, softcap, with_lse=False)[0]
+
+
+def math_attention_lse(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
+                       softcap: float | None, with_lse: bool = True) -> tuple[Tensor, Tensor | None]:
+    """:func:`math_attention` and float32 ``lse [..., Hq, Q]``, the log softmax denominator (``-inf`` on a
+    row with no key, with zero gradient there)."""
     hq, hkv = q.shape[-3], k.shape[-3]
     g = hq // hkv
     qf = q.float().unflatten(-3, (hkv, g))  # (..., Hkv, G, Q, D)
@@ -32,9 +39,16 @@ def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scal
         scores = torch.where(row_any, scores, torch.zeros((), device=scores.device))
         probs = torch.softmax(scores, dim=-1) * row_any
     else:
+        row_any = None
         probs = torch.softmax(scores, dim=-1)
     out = torch.matmul(probs, vf)  # (..., Hkv, G, Q, Dv)
-    return out.flatten(-4, -3).to(q.dtype)
+    lse = None
+    if with_lse:
+        lse = torch.logsumexp(scores, dim=-1)  # (..., Hkv, G, Q)
+        if row_any is not None:
+            lse = torch.where(row_any.squeeze(-1), lse, torch.full((), float("-inf"), device=lse.device))
+        lse = lse.flatten(-3, -2)
+    return out.flatten(-4, -3).to(q.dtype), lse
 
 
 def _group(allowed: Tensor, hkv: int, g: int) -> Tensor:

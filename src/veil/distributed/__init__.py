@@ -1,0 +1,15 @@
+"""``veil.distributed``: attention and models over several processes on ``torch.distributed``.
+
+- :func:`attend`: sequence-parallel attention (Ulysses, ring, hybrid) with the global mask, exact for every
+  mask, forward and backward, for any sequence length.
+- :func:`shard` / :func:`gather` / :func:`shard_sizes`: the sequence layout (contiguous shards of
+  ``ceil(n / size)``, the last ones short, nothing padded).
+- :func:`init` (under torchrun) and :func:`spawn` (processes on one machine, for tests and benchmarks).
+"""
+
+from veil.distributed.attention import attend, ring_skips
+from veil.distributed.comm import Topology, gather, group_index, shard, shard_sizes, topology
+from veil.distributed.launch import init, spawn
+
+__all__ = ["Topology", "attend", "gather", "group_index", "init", "ring_skips", "shard", "shard_sizes", "spawn",
+           "topology"]
