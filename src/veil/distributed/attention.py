@@ -115,8 +115,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
         mask.validate(b, hq, n_total, m_total, q.device)
     start = shard_starts(q_sizes)[topo.index]
     if not kv_sharded:
-        return local_attend(q, k, v, _view(mask, start, 0, n_total, m_total, hq, 0), scale=scale, softcap=softcap,
-                            backend=backend)
+        return local_attend(q, k, v, _view(mask, start, 0, n_total, m_total, hq, 0, (n, m)), scale=scale,
+                            softcap=softcap, backend=backend)
     if hq % topo.ulysses:
         raise ValueError(f"q: {hq} query heads do not divide by the Ulysses degree {topo.ulysses}; use ring= for the "
                          "rest of the group (ulysses * ring == size), or a head count that divides")
@@ -126,8 +126,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
         q, k, v, kv_heads = _seq_to_heads(q, k, v, topo, u_groups[topo.ring_rank], k_groups[topo.ring_rank])
     h0 = topo.ulysses_rank * (hq // topo.ulysses)
     if topo.ring == 1:
-        out = local_attend(q, k, v, _view(mask, 0, 0, n_total, m_total, hq, h0), scale=scale, softcap=softcap,
-                           backend=backend)
+        out = local_attend(q, k, v, _view(mask, 0, 0, n_total, m_total, hq, h0, (q.shape[2], k.shape[2])),
+                           scale=scale, softcap=softcap, backend=backend)
     else:
         q_super = [sum(s) for s in u_groups]
         k_super = [sum(s) for s in k_groups]
@@ -138,11 +138,13 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
 
 
 def _view(mask: Mask | None, q_start: int, kv_start: int, q_len: int, kv_len: int, heads: int,
-          head_start: int) -> Mask | None:
-    """The global mask as seen by a block; the mask itself when the block is the whole problem."""
+          head_start: int, block: tuple[int, int]) -> Mask | None:
+    """The global mask as seen by a block of ``block`` = (rows, keys); the mask itself when the block is the
+    whole problem (backends then see its structure: tiles for video windows, varlen for documents, ...)."""
     if mask is None:
         return None
-    if q_start == 0 and kv_start == 0 and (head_start == 0 or not mask.head_dependent):
+    whole = q_start == 0 and kv_start == 0 and block == (q_len, kv_len)
+    if whole and (head_start == 0 or not mask.head_dependent):
         return mask
     return region(mask, q_start=q_start, kv_start=kv_start, q_len=q_len, kv_len=kv_len, heads=heads,
                   head_start=head_start)
