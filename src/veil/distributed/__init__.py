@@ -4,12 +4,14 @@
   mask, forward and backward, for any sequence length.
 - :func:`shard` / :func:`gather` / :func:`shard_sizes`: the sequence layout (contiguous shards of
   ``ceil(n / size)``, the last ones short, nothing padded).
+- :class:`SequenceParallel`: what ``model.enable_sequence_parallel(...)`` installs in a model.
 - :func:`init` (under torchrun) and :func:`spawn` (processes on one machine, for tests and benchmarks).
 """
 
 from veil.distributed.attention import attend, ring_skips
 from veil.distributed.comm import Topology, gather, group_index, shard, shard_sizes, topology
 from veil.distributed.launch import init, spawn
+from veil.distributed.parallel import SequenceParallel
 
-__all__ = ["Topology", "attend", "gather", "group_index", "init", "ring_skips", "shard", "shard_sizes", "spawn",
-           "topology"]
+__all__ = ["SequenceParallel", "Topology", "attend", "gather", "group_index", "init", "ring_skips", "shard",
+           "shard_sizes", "spawn", "topology"]

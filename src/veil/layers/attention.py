@@ -16,6 +16,7 @@ from torch import nn
 
 from veil import masks as M
 from veil.attention import attend
+from veil.distributed import SequenceParallel
 from veil.layers.cache import KVCache
 from veil.layers.norms import QKNorm
 from veil.layers.positions import RopeTable, RotaryEmbedding
@@ -82,8 +83,17 @@ class _Projections(nn.Module):
             q, k = self.qk_norm(q, k)
         return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, N, L, D), (B, Nkv, S, D)
 
+    #: set by a model's ``enable_sequence_parallel``: the queries (and, for self-attention, the keys) are this
+    #: rank's shard of the sequence and the masks are global (see :mod:`veil.distributed`)
+    sequence_parallel: SequenceParallel | None = None
+    _kv_sharded = True
+
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None) -> Tensor:
-        out = attend(q, k, v, mask, scale=self.scale, softcap=self.softcap, backend=self.backend)  # (B, N, L, D)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.attend(q, k, v, mask, kv_sharded=self._kv_sharded, scale=self.scale,
+                                                softcap=self.softcap, backend=self.backend)
+        else:
+            out = attend(q, k, v, mask, scale=self.scale, softcap=self.softcap, backend=self.backend)  # (B, N, L, D)
         return out.transpose(1, 2).flatten(2)  # (B, L, N*D)
 
 
@@ -153,6 +163,8 @@ class Attention(_Projections):
                 raise TypeError(f"rope: expected a RotaryEmbedding, a RopeTable or None, got {type(rope).__name__}")
             q, k = table.apply(q), table.apply(k)
         if cache is not None:
+            if self.sequence_parallel is not None:
+                raise ValueError("cache: a KV cache is not supported under sequence parallelism (decode on one rank)")
             view = cache.update(k, v, key_valid)
             k, v = view.k.to(q.dtype), view.v.to(q.dtype)  # (B, Nkv, K, D)
             if view.has_padding:
@@ -178,6 +190,8 @@ class CrossAttention(_Projections):
         heads, kv_heads, head_dim, qk_norm, qk_norm_eps, qk_norm_unit_offset, bias, out_bias, scale, softcap,
         backend: as :class:`Attention`.
     """
+
+    _kv_sharded = False  # the context is whole on every rank under sequence parallelism
 
     def __init__(self, dim: int, context_dim: int | None = None, heads: int = 8, kv_heads: int | None = None,
                  head_dim: int | None = None, *, qk_norm: QKNormMode | None = None, qk_norm_eps: float = 1e-6,
@@ -233,3 +247,13 @@ class CrossAttention(_Projections):
         if has_any is not None:
             out = out.masked_fill(~has_any.view(bsz, 1, 1), 0.0)
         return out
+
+
+def use_sequence_parallel(module: nn.Module, parallel: SequenceParallel | None) -> None:
+    """Route every attention module inside ``module`` through ``parallel`` (None: back to one process)."""
+    if parallel is not None and not isinstance(parallel, SequenceParallel):
+        raise TypeError(f"parallel: expected a veil.distributed.SequenceParallel or None, got "
+                        f"{type(parallel).__name__}")
+    for m in module.modules():
+        if isinstance(m, _Projections):
+            m.sequence_parallel = parallel

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from veil import masks as M
+from veil.distributed import SequenceParallel
 from veil.layers import (
     MLP,
     Attention,
@@ -29,6 +30,7 @@ from veil.layers import (
     modulate,
     sincos_2d,
     sincos_from_positions,
+    use_sequence_parallel,
 )
 from veil.models.latte_config import LATTE_PRESETS, LatteConfig
 from veil.models.latte_diffusers import config_from_diffusers, state_dict_from_diffusers
@@ -296,12 +298,15 @@ class LatteDiT(nn.Module):
 
     def forward_blocks(self, tokens: Tensor, grid: tuple[int, int, int], c: Tensor,
                        frame_valid: Tensor | None = None, text: Tensor | None = None,
-                       text_mask: Tensor | None = None, temporal_attention: bool = True) -> Tensor:
+                       text_mask: Tensor | None = None, temporal_attention: bool = True, *,
+                       gather: bool = True) -> Tensor:
         """Run the blocks on ``tokens`` ``[B, L, D]`` over ``grid`` ``(T, h, w)``; returns ``[B, L, D]``.
 
         ``frame_valid`` bool ``[B, T]``: padded frames are never attended by the temporal blocks (the spatial
         blocks never mix frames). ``text``: projected text ``[B, S, D]``, ``text_mask`` bool ``[B, S]``.
         ``temporal_attention=False`` skips the temporal blocks and table (diffusers' ``enable_temporal_attentions``).
+        Under sequence parallelism the blocks run on this rank's shard of the tokens; ``gather=False`` returns
+        that shard ``[B, n, D]`` instead of the gathered ``[B, L, D]``.
         """
         b, _, d = tokens.shape
         t, h, w = grid
@@ -312,14 +317,18 @@ class LatteDiT(nn.Module):
         temporal = M.temporal(grid)
         if frame_valid is not None and not bool(frame_valid.all()):
             temporal = temporal & M.key_mask(frame_valid.to(tokens.device).repeat_interleave(h * w, dim=1))
-        x = tokens
+        sp = self.sequence_parallel
+        x = tokens if sp is None else sp.shard(tokens, 1)  # (B, n, D): this rank's tokens
         for i in range(0, len(self.blocks), 2):
             x = self.blocks[i](x, c, spatial, text, text_mask)
             if not temporal_attention:
                 continue
             if i == 0:
-                x = (x.reshape(b, t, h * w, d) + table[:, :, None].to(x.dtype)).reshape(b, t * h * w, d)
+                per_token = table.repeat_interleave(h * w, dim=1)  # (B, L, D): each token's frame position
+                x = x + (per_token if sp is None else sp.shard(per_token, 1)).to(x.dtype)
             x = self.blocks[i + 1](x, c, temporal)
+        if sp is not None and gather:
+            x = sp.gather(x, t * h * w, dim=1)
         return x
 
     def final_layer(self, x: Tensor, c: Tensor) -> Tensor:
@@ -376,8 +385,11 @@ class LatteDiT(nn.Module):
             frame_valid = attention_mask.to(x.device)
         c, c_final = self.condition(timestep, b, class_labels, pooled_text, drop_labels)
         text, text_mask = self._text(encoder_hidden_states, encoder_attention_mask, b)
-        out = self.forward_blocks(tokens, grid, c, frame_valid, text, text_mask, temporal_attention)
-        out = self.unpatchify(self.final_layer(out, c_final), grid)
+        out = self.forward_blocks(tokens, grid, c, frame_valid, text, text_mask, temporal_attention, gather=False)
+        out = self.final_layer(out, c_final)  # (B, L or this rank's n, p*p*C_out)
+        if self.sequence_parallel is not None:
+            out = self.sequence_parallel.gather(out, tokens.shape[1], dim=1)
+        out = self.unpatchify(out, grid)
         if frame_valid is not None:
             out = out * frame_valid[:, None, :, None, None].to(out.dtype)
         return out
@@ -405,6 +417,33 @@ class LatteDiT(nn.Module):
                 keep = mask == 1
             keep = keep.to(text.device)
         return self.caption_proj(text.to(self.caption_proj.linear_1.weight.dtype)), keep
+
+    # -- sequence parallelism ---------------------------------------------------------------------
+    sequence_parallel: SequenceParallel | None = None
+
+    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None
+                                 ) -> LatteDiT:
+        """Split the video tokens across the ranks of ``group`` (see :mod:`veil.distributed.parallel`).
+
+        Call it on every rank, then call the model with the same full inputs on every rank: each rank returns
+        the full output, equal to one process's. Tokens are cut after the patch embedding and gathered after the
+        final layer; the spatial and temporal blocks run sequence-parallel with their global masks (frame
+        padding included), the cross-attention against the whole text on each rank. Returns ``self``.
+
+        Raises:
+            ValueError: no process group, or heads that do not divide by ``ulysses``.
+        """
+        sp = SequenceParallel(group, ulysses, ring)
+        sp.check_heads(self.config.num_heads)
+        self.sequence_parallel = sp
+        use_sequence_parallel(self, sp)
+        return self
+
+    def disable_sequence_parallel(self) -> LatteDiT:
+        """Back to one process: every rank computes the whole sequence."""
+        self.sequence_parallel = None
+        use_sequence_parallel(self, None)
+        return self
 
     # -- diffusers --------------------------------------------------------------------------------
     @classmethod

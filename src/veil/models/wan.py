@@ -24,6 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from veil import masks as M
+from veil.distributed import SequenceParallel
 from veil.layers import (
     MLP,
     Attention,
@@ -37,6 +38,7 @@ from veil.layers import (
     gate,
     modulate,
     timestep_sinusoid,
+    use_sequence_parallel,
 )
 from veil.models.experts import TimestepExperts
 from veil.models.wan_config import WAN_PRESETS, AttentionPattern, WanConfig, WanMoE
@@ -61,6 +63,13 @@ class _Layout:
     tile: Grid | None
     rope: RopeTable  # raster order
     rope_tiled: RopeTable | None  # tile order (when ``tile``)
+
+    def shard(self, sp: SequenceParallel) -> _Layout:
+        """The layout of this rank's tokens under sequence parallelism: its rows of the RoPE tables."""
+        def rows(t: RopeTable | None) -> RopeTable | None:
+            return None if t is None else RopeTable(sp.shard(t.cos, 1), sp.shard(t.sin, 1), t.layout)
+
+        return _Layout(self.grid, self.tile, rows(self.rope), rows(self.rope_tiled))
 
 
 class TextProjection(nn.Module):
@@ -299,16 +308,58 @@ class WanDiT(nn.Module):
             if emb.dim() == 3:  # per-token timesteps follow their tokens
                 emb = M.to_tile_order(emb, grid, lay.tile, dim=1)
                 e6 = M.to_tile_order(e6, grid, lay.tile, dim=1)
+        sp = self.sequence_parallel
+        if sp is not None:  # this rank's shard of the tokens (and of what goes with each token)
+            tokens, lay = sp.shard(tokens, 1), lay.shard(sp)  # (B, n, E)
+            if emb.dim() == 3:
+                emb, e6 = sp.shard(emb, 1), sp.shard(e6, 1)
         aux: list[MoEAux] = []
         for block in self.blocks:
             tokens, a = block(tokens, e6, text, context_lengths, context_mask, lay)
             if a is not None:
                 aux.append(a)
         out = self.head(tokens, emb)  # (B, L, C_out * prod(patch))
+        if sp is not None:
+            out = sp.gather(out, n, dim=1)  # (B, L, C_out * prod(patch)) on every rank
         if lay.tile is not None:
             out = M.from_tile_order(out, grid, lay.tile, dim=1)  # raster order
         out = self.unpatchify(out, grid)
         return (out, aux) if return_aux else out
+
+    # -- sequence parallelism ------------------------------------------------------------------------------------
+    sequence_parallel: SequenceParallel | None = None
+
+    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None) -> WanDiT:
+        """Split the video tokens across the ranks of ``group`` (see :mod:`veil.distributed.parallel`).
+
+        Call it on every rank; then call the model with the same full inputs on every rank: each rank returns
+        the full output, equal to one process's. Tokens are cut after the patch embedding (in tile order when
+        the model uses it) and gathered after the output projection; every attention runs sequence-parallel with
+        its global mask, the cross-attention against the whole text on each rank. Returns ``self``.
+
+        Raises:
+            ValueError: no process group, heads that do not divide by ``ulysses``, a capacity-limited MoE (its
+                token dropping depends on which tokens share a rank), or tile order mixed with other local
+                patterns (their permutation would cross ranks).
+        """
+        sp = SequenceParallel(group, ulysses, ring)
+        sp.check_heads(self.config.heads)
+        if any(isinstance(m, MoE) and m.capacity_factor is not None for m in self.modules()):
+            raise ValueError("moe: a capacity-limited MoE drops tokens per batch of tokens, which sequence "
+                             "parallelism changes; use capacity_factor=None (dropless) to run sequence-parallel")
+        if self.config.tile() is not None and any(p.kind not in ("full", "tile_window")
+                                                  for p in self.config.layer_patterns()):
+            raise ValueError("attention: tile order mixed with raster-order local patterns permutes tokens across "
+                             "ranks at every such layer; not supported under sequence parallelism")
+        self.sequence_parallel = sp
+        use_sequence_parallel(self, sp)
+        return self
+
+    def disable_sequence_parallel(self) -> WanDiT:
+        """Back to one process: every rank computes the whole sequence."""
+        self.sequence_parallel = None
+        use_sequence_parallel(self, None)
+        return self
 
     # -- diffusers interop --------------------------------------------------------------------------------------
     @classmethod
