@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from veil.distributed import init
 from veil.training.t2v import PRESETS, load_config, train_t2v
 
 
@@ -34,6 +36,8 @@ def _commit() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under torchrun: one process per device
+        init()
     overrides = list(args.overrides)
     if args.exclude is not None:
         overrides.append("exclude=" + repr(list(args.exclude)).replace("'", '"'))
@@ -41,5 +45,6 @@ def run(args: argparse.Namespace) -> int:
     argv = args.argv if args.argv is not None else sys.argv[1:]
     run_info = {"command": "veil " + shlex.join(argv), "commit": _commit(), "preset": args.preset}
     path = train_t2v(config, args.out, resume=args.resume, run=run_info, progress=not args.no_progress)
-    print(f"checkpoint: {path}\ntry: veil generate \"a red circle moving right\" -o out.gif --checkpoint {path}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"checkpoint: {path}\ntry: veil generate \"a red circle moving right\" -o out.gif --checkpoint {path}")
     return 0

@@ -84,7 +84,8 @@ class Objective(Protocol):
     def example(self, x0: Tensor, *, generator: torch.Generator | None = None) -> TrainingExample: ...
 
     def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
-             generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor: ...
+             generator: torch.Generator | None = None, rows: tuple[int, int] | None = None,
+             **model_kwargs: Any) -> Tensor: ...
 
 
 def _check_x0(x0: Tensor) -> None:
@@ -102,6 +103,17 @@ def _randn(shape: torch.Size, generator: torch.Generator | None, like: Tensor) -
 def _rand(n: int, generator: torch.Generator | None) -> Tensor:
     gen_device = generator.device if generator is not None else torch.device("cpu")
     return torch.rand(n, generator=generator, device=gen_device, dtype=torch.float64)
+
+
+def _rows(x0: Tensor, rows: tuple[int, int] | None) -> tuple[int, slice]:
+    """How many samples to draw and which of them are ``x0``'s (see ``rows`` in the objectives' ``example``)."""
+    if rows is None:
+        return x0.shape[0], slice(None)
+    start, total = rows
+    if not (isinstance(start, int) and isinstance(total, int) and 0 <= start and start + x0.shape[0] <= total):
+        raise ValueError(f"rows: expected (start, total) with 0 <= start and start + B <= total for B = "
+                         f"{x0.shape[0]}, got {rows!r}")
+    return total, slice(start, start + x0.shape[0])
 
 
 def _mse(model: Any, ex: TrainingExample, context: Tensor, context_lengths: Tensor | None,
@@ -168,7 +180,8 @@ class FlowMatching:
         return (1 - s) * x0 + s * noise
 
     def example(self, x0: Tensor, *, generator: torch.Generator | None = None,
-                sigma: Tensor | None = None, noise: Tensor | None = None) -> TrainingExample:
+                sigma: Tensor | None = None, noise: Tensor | None = None,
+                rows: tuple[int, int] | None = None) -> TrainingExample:
         """A noised batch with target ``noise - x0`` and ``timestep = sigma * 1000``.
 
         Args:
@@ -176,23 +189,28 @@ class FlowMatching:
             generator: draws sigma (first) and the noise (second).
             sigma: [B] noise levels to use instead of drawing them (already shifted).
             noise: noise to use instead of drawing it, shaped like ``x0``.
+            rows: ``(start, total)``: ``x0`` is rows ``[start, start + B)`` of a batch of ``total`` split across
+                data-parallel ranks; the draws are made for the whole batch and these rows kept, so the ranks
+                together draw exactly what one process would.
 
         Raises:
             ValueError: ``x0`` is not a 5-D float tensor.
         """
         _check_x0(x0)
+        n, mine = _rows(x0, rows)
         if sigma is None:
-            sigma = self.sample_sigma(x0.shape[0], generator=generator)
+            sigma = self.sample_sigma(n, generator=generator)[mine]
         if noise is None:
-            noise = _randn(x0.shape, generator, x0)
+            noise = _randn((n, *x0.shape[1:]), generator, x0)[mine]
         sigma = sigma.to(x0.device, torch.float32)
         weight = sigma**2 if self.weighting == "sigma_sqr" else None
         return TrainingExample(self.noise(x0, noise, sigma), sigma * 1000.0, noise - x0, weight)
 
     def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
-             generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+             generator: torch.Generator | None = None, rows: tuple[int, int] | None = None,
+             **model_kwargs: Any) -> Tensor:
         """Mean squared error between ``model(x_t, sigma * 1000, context, context_lengths)`` and ``noise - x0``."""
-        return _mse(model, self.example(x0, generator=generator), context, context_lengths, model_kwargs)
+        return _mse(model, self.example(x0, generator=generator, rows=rows), context, context_lengths, model_kwargs)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -235,7 +253,8 @@ class DDPMObjective:
         return (u * self.num_train_timesteps).long().clamp_(max=self.num_train_timesteps - 1)
 
     def example(self, x0: Tensor, *, generator: torch.Generator | None = None,
-                timesteps: Tensor | None = None, noise: Tensor | None = None) -> TrainingExample:
+                timesteps: Tensor | None = None, noise: Tensor | None = None,
+                rows: tuple[int, int] | None = None) -> TrainingExample:
         """A noised batch with the epsilon or v target.
 
         Args:
@@ -243,24 +262,27 @@ class DDPMObjective:
             generator: draws the timesteps (first) and the noise (second).
             timesteps: [B] int64 steps to use instead of drawing them.
             noise: noise to use instead of drawing it, shaped like ``x0``.
+            rows: as in :meth:`FlowMatching.example` (data-parallel ranks draw what one process would).
 
         Raises:
             ValueError: ``x0`` is not a 5-D float tensor.
         """
         _check_x0(x0)
+        n, mine = _rows(x0, rows)
         if timesteps is None:
-            timesteps = self.sample_timesteps(x0.shape[0], generator=generator)
+            timesteps = self.sample_timesteps(n, generator=generator)[mine]
         if noise is None:
-            noise = _randn(x0.shape, generator, x0)
+            noise = _randn((n, *x0.shape[1:]), generator, x0)[mine]
         timesteps = timesteps.to(x0.device)
         x_t = self.scheduler.add_noise(x0, noise, timesteps)
         target = noise if self.prediction_type == "epsilon" else self.scheduler.get_velocity(x0, noise, timesteps)
         return TrainingExample(x_t, timesteps.float(), target)
 
     def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
-             generator: torch.Generator | None = None, **model_kwargs: Any) -> Tensor:
+             generator: torch.Generator | None = None, rows: tuple[int, int] | None = None,
+             **model_kwargs: Any) -> Tensor:
         """Mean squared error between the model's prediction (first C channels) and the epsilon / v target."""
-        return _mse(model, self.example(x0, generator=generator), context, context_lengths, model_kwargs)
+        return _mse(model, self.example(x0, generator=generator, rows=rows), context, context_lengths, model_kwargs)
 
 
 def flow_matching_loss(model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = ["FORMAT_VERSION", "Checkpoint", "checkpoint_path", "find_latest", "li
 
 FORMAT_VERSION = "1"
 _NAME = re.compile(r"^step-(\d+)\.safetensors$")
+_SHARDED = re.compile(r"^step-(\d+)\.dcp$")
 
 
 def _encode(obj: Any) -> Any:
@@ -83,29 +85,36 @@ class Checkpoint:
     extra: dict[str, Any]
 
 
-def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
-    """``directory/step-00000123.safetensors``."""
-    return Path(directory) / f"step-{step:08d}.safetensors"
+def checkpoint_path(directory: str | os.PathLike, step: int, *, sharded: bool = False) -> Path:
+    """``directory/step-00000123.safetensors`` (one file), or ``directory/step-00000123.dcp`` (a sharded
+    checkpoint directory of a multi-process run)."""
+    return Path(directory) / f"step-{step:08d}.{'dcp' if sharded else 'safetensors'}"
 
 
-def list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the checkpoints in ``directory``, by step (temporary files are not listed)."""
+def list_checkpoints(directory: str | os.PathLike, *, sharded: bool = False) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the checkpoints in ``directory``, by step: files, or with ``sharded`` complete
+    ``.dcp`` directories (temporary files and directories are not listed)."""
     d = Path(directory)
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
+    if sharded:
+        found = [(int(m.group(1)), p) for p in d.iterdir()
+                 if (m := _SHARDED.match(p.name)) and p.is_dir() and (p / "veil.json").is_file()]
+    else:
+        found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _NAME.match(p.name)) and p.is_file()]
     return sorted(found)
 
 
-def find_latest(directory: str | os.PathLike) -> Path | None:
+def find_latest(directory: str | os.PathLike, *, sharded: bool = False) -> Path | None:
     """The checkpoint with the highest step in ``directory``, or None."""
-    found = list_checkpoints(directory)
+    found = list_checkpoints(directory, sharded=sharded)
     return found[-1][1] if found else None
 
 
-def resolve_resume(resume: str | os.PathLike | None, directory: str | os.PathLike | None) -> Path | None:
+def resolve_resume(resume: str | os.PathLike | None, directory: str | os.PathLike | None, *,
+                   sharded: bool = False) -> Path | None:
     """``None`` -> None; ``"auto"`` -> the latest checkpoint in ``directory`` (None when there is none); a path
-    -> that path.
+    -> that path. ``sharded``: look for the ``.dcp`` directories of a multi-process run.
 
     Raises:
         ValueError: ``"auto"`` without a directory, or a path that does not exist.
@@ -115,17 +124,21 @@ def resolve_resume(resume: str | os.PathLike | None, directory: str | os.PathLik
     if resume == "auto":
         if directory is None:
             raise ValueError("resume: 'auto' needs a checkpoint directory (out_dir), got none")
-        return find_latest(directory)
+        return find_latest(directory, sharded=sharded)
     p = Path(resume)
-    if not p.is_file():
-        raise ValueError(f"resume: expected 'auto' or an existing checkpoint file, got {str(resume)!r}")
+    if not (p.is_file() or (sharded and p.is_dir())):
+        raise ValueError(f"resume: expected 'auto' or an existing checkpoint, got {str(resume)!r}")
     return p
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep: int) -> None:
-    """Delete all but the ``keep`` latest checkpoints in ``directory``."""
-    for _, p in list_checkpoints(directory)[:-keep] if keep > 0 else []:
-        p.unlink(missing_ok=True)
+    """Delete all but the ``keep`` latest checkpoints in ``directory`` (files and sharded directories apart)."""
+    for sharded in (False, True):
+        for _, p in list_checkpoints(directory, sharded=sharded)[:-keep] if keep > 0 else []:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

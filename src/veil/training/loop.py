@@ -13,6 +13,7 @@ the CPU; GPU kernels may add their own nondeterminism).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import json
@@ -38,6 +39,7 @@ from veil.training.checkpoint import (
     resolve_resume,
     save_checkpoint,
 )
+from veil.training.distributed import load_sharded, save_sharded, setup_parallel, wrap
 from veil.training.ema import EMA
 
 __all__ = ["TrainConfig", "Trainer", "seed_everything", "train"]
@@ -67,6 +69,10 @@ class TrainConfig:
         progress: show a tqdm bar; ``tensorboard``: also write TensorBoard events when it imports.
         deterministic: ``torch.use_deterministic_algorithms(True)`` (process-wide) so that a resumed GPU run
             also repeats its losses (CUDA may then need ``CUBLAS_WORKSPACE_CONFIG=:4096:8``).
+        dp: under several processes (torchrun): "ddp" (DistributedDataParallel) or "fsdp" (FSDP2
+            ``fully_shard`` per block); ``batch_size`` is then the global batch, split over the data-parallel
+            groups. Ignored in one process.
+        sp: processes per sequence-parallel group (the model's tokens are split across them; 1 = none).
 
     Raises:
         ValueError: a field out of range.
@@ -94,6 +100,8 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = True
     deterministic: bool = False
+    dp: Literal["ddp", "fsdp"] = "ddp"
+    sp: int = 1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -113,18 +121,26 @@ class TrainConfig:
             raise ValueError(f"grad_clip: expected a positive number or None, got {self.grad_clip!r}")
         if self.ema_decay is not None and not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay: expected a number in [0, 1) or None, got {self.ema_decay!r}")
+        if self.dp not in ("ddp", "fsdp"):
+            raise ValueError(f"dp: expected 'ddp' or 'fsdp', got {self.dp!r}")
+        if isinstance(self.sp, bool) or not isinstance(self.sp, int) or self.sp < 1:
+            raise ValueError(f"sp: expected a positive int, got {self.sp!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
 
 
 # fields that change the losses of the remaining steps when they differ between a run and its resumption
-_REPEATABLE = ("batch_size", "lr", "weight_decay", "betas", "eps", "warmup_steps", "grad_clip", "grad_accum",
+_REPEATABLE = ("batch_size", "sp", "lr", "weight_decay", "betas", "eps", "warmup_steps", "grad_clip", "grad_accum",
                "text_dropout", "ema_decay", "ema_warmup", "precision", "seed")
 
 
 def _plain(v: Any) -> Any:
     return list(v) if isinstance(v, tuple) else v
+
+
+def _jsonable(config: TrainConfig) -> dict[str, Any]:
+    return {k: _plain(v) for k, v in dataclasses.asdict(config).items()}
 
 
 def seed_everything(seed: int) -> None:
@@ -189,7 +205,12 @@ class Trainer:
                 raise TypeError(f"model: the factory returned {type(built).__name__}, expected an nn.Module")
             model = built
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.model = model.to(self.device)
+        model = model.to(self.device)
+        self.parallel = setup_parallel(config.dp, config.sp, config.batch_size, self.device)
+        self.module = model  # the model itself; self.model is what runs (wrapped for DDP)
+        if self.parallel is not None:
+            model = wrap(model, self.parallel, self.device)
+        self.model = model
         self.objective = objective
         self.dataset = dataset
         self.collate = collate
@@ -201,13 +222,14 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, eps=config.eps,
                                            weight_decay=config.weight_decay)
         self.scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
-        self.ema = EMA(model, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay is not None else None
+        self.ema = (EMA(self.module, config.ema_decay, warmup=config.ema_warmup) if config.ema_decay is not None
+                    else None)
         self.step = 0
         self.skipped_steps = 0
         self.out_dir = Path(config.out_dir) if config.out_dir is not None else None
         self.checkpoint_dir = self.out_dir / "checkpoints" if self.out_dir is not None else None
         self.resumed_from: Path | None = None
-        path = resolve_resume(config.resume, self.checkpoint_dir)
+        path = resolve_resume(config.resume, self.checkpoint_dir, sharded=self.parallel is not None)
         if path is not None:
             self.load(path)
 
@@ -222,13 +244,27 @@ class Trainer:
         if path is None:
             if self.checkpoint_dir is None:
                 raise ValueError("path: expected a checkpoint path when the config has no out_dir, got None")
-            path = checkpoint_path(self.checkpoint_dir, self.step)
-        out = save_checkpoint(path, step=self.step, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                              scaler=self.scaler, generators={"trainer": self.generator},
-                              config=dataclasses.asdict(self.config), extra=self.checkpoint_extra())
-        if self.checkpoint_dir is not None and Path(out).parent == self.checkpoint_dir:
+            path = checkpoint_path(self.checkpoint_dir, self.step, sharded=self.parallel is not None)
+        if self.parallel is not None:
+            if self.scaler is not None:
+                raise ValueError("precision: fp16 (GradScaler) checkpoints are not supported with several processes; "
+                                 "use bf16 or fp32")
+            meta = {"veil_checkpoint": "sharded-1", "step": self.step, "config": _jsonable(self.config),
+                    "extra": self.checkpoint_extra(), "world": self.parallel.world,
+                    "generator": base64.b64encode(self.generator.get_state().numpy().tobytes()).decode()}
+            out = save_sharded(Path(path), self.model, self.optimizer, self.ema, meta)
+        else:
+            out = save_checkpoint(path, step=self.step, model=self.model, ema=self.ema, optimizer=self.optimizer,
+                                  scaler=self.scaler, generators={"trainer": self.generator},
+                                  config=dataclasses.asdict(self.config), extra=self.checkpoint_extra())
+        if self.checkpoint_dir is not None and Path(out).parent == self.checkpoint_dir and self._main:
             prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
         return out
+
+    @property
+    def _main(self) -> bool:
+        """True on the process that logs and prunes (rank 0, or the only process)."""
+        return self.parallel is None or self.parallel.is_main
 
     def checkpoint_extra(self) -> dict:
         """JSON-able state saved beside the tensors (subclasses add theirs to it)."""
@@ -240,19 +276,32 @@ class Trainer:
         Raises:
             ValueError: the file is corrupt, not a checkpoint, or does not fit this model / optimizer / data.
         """
-        ckpt = load_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.optimizer, scaler=self.scaler,
-                               generators={"trainer": self.generator})
+        if self.parallel is not None:
+            if not Path(path).is_dir():
+                raise ValueError(f"checkpoint {str(path)!r}: a multi-process run resumes from a sharded checkpoint "
+                                 "directory (step-XXXXXXXX.dcp), got a file")
+            meta = load_sharded(Path(path), self.model, self.optimizer, self.ema)
+            state = torch.frombuffer(bytearray(base64.b64decode(meta["generator"])), dtype=torch.uint8)
+            self.generator.set_state(state)
+            step, extra, saved_config = int(meta["step"]), meta["extra"], meta.get("config")
+        else:
+            if Path(path).is_dir():
+                raise ValueError(f"checkpoint {str(path)!r}: a sharded checkpoint needs the processes that wrote it "
+                                 "(launch with torchrun); export one file with the multi-process run")
+            ckpt = load_checkpoint(path, model=self.model, ema=self.ema, optimizer=self.optimizer,
+                                   scaler=self.scaler, generators={"trainer": self.generator})
+            step, extra, saved_config = ckpt.step, ckpt.extra, ckpt.config
         try:
-            self.sampler.load_state_dict(ckpt.extra["sampler"])
+            self.sampler.load_state_dict(extra["sampler"])
         except (KeyError, ValueError) as e:
             raise ValueError(f"checkpoint {str(path)!r}: cannot restore the data order ({e})") from e
-        self.step = ckpt.step
+        self.step = step
         self.resumed_from = Path(path)
         now = dataclasses.asdict(self.config)
-        changed = sorted(k for k in _REPEATABLE if ckpt.config is not None and k in ckpt.config and
-                         _plain(ckpt.config[k]) != _plain(now[k]))
+        changed = sorted(k for k in _REPEATABLE if saved_config is not None and k in saved_config and
+                         _plain(saved_config[k]) != _plain(now[k]))
         if changed:
-            diff = ", ".join(f"{k}: {ckpt.config[k]!r} -> {now[k]!r}" for k in changed)
+            diff = ", ".join(f"{k}: {saved_config[k]!r} -> {now[k]!r}" for k in changed)
             warnings.warn(f"resuming {str(path)!r} with another configuration ({diff}): the run will not repeat "
                           "an uninterrupted one", RuntimeWarning, stacklevel=2)
 
@@ -264,12 +313,17 @@ class Trainer:
         return self.config.lr * min(1.0, (step + 1) / w) if w > 0 else self.config.lr
 
     def next_batch(self) -> dict[str, Tensor]:
-        """The next micro-batch on the device, with text dropout applied."""
-        items = [self.dataset[i] for i in self.sampler.take(self.config.batch_size)]
+        """The next micro-batch on the device, with text dropout applied (this rank's rows of the global batch
+        under data parallelism; the random draws are the global batch's, so the ranks draw what one process
+        would)."""
+        total = self.config.batch_size
+        indices = self.sampler.take(total)
+        start, count = self.parallel.rows(total) if self.parallel is not None else (0, total)
+        items = [self.dataset[i] for i in indices[start:start + count]]
         batch = dict(self.collate(items))
         ctx, lengths = batch["context"], batch["context_lengths"]
         if self.config.text_dropout > 0:
-            drop = torch.rand(ctx.shape[0], generator=self.generator) < self.config.text_dropout
+            drop = (torch.rand(total, generator=self.generator) < self.config.text_dropout)[start:start + count]
             empty = self.empty_context if self.empty_context is not None else ctx.new_zeros(0, ctx.shape[2])
             ctx, lengths = drop_text(ctx, lengths, drop, empty)
         return {"latents": batch["latents"].to(self.device), "context": ctx.to(self.device),
@@ -284,14 +338,19 @@ class Trainer:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         total = 0.0
+        par = self.parallel
+        rows = (par.rows(cfg.batch_size)[0], cfg.batch_size) if par is not None else None
         for _ in range(cfg.grad_accum):
             batch = self.next_batch()
             with self.autocast():
                 loss = self.objective.loss(self.model, batch["latents"], batch["context"], batch["context_lengths"],
-                                           generator=self.generator)
-            scaled = loss / cfg.grad_accum
+                                           generator=self.generator, rows=rows)
+            # a sequence-parallel rank's gradients are its tokens' share: the world average needs them x sp
+            scaled = loss * (par.sp if par is not None else 1) / cfg.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += float(loss.detach())
+        if par is not None:
+            total = par.mean(total)  # the global batch's loss (every rank of an SP group has the same loss)
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
@@ -308,7 +367,7 @@ class Trainer:
             warnings.warn(f"step {self.step + 1}: non-finite gradient norm ({grad_norm}); the update is skipped",
                           RuntimeWarning, stacklevel=2)
         if self.ema is not None and (finite or self.scaler is not None):
-            self.ema.update(self.model)
+            self.ema.update(self.module)
         self.step += 1
         out = {"step": self.step, "loss": total / cfg.grad_accum, "lr": lr, "grad_norm": grad_norm,
                "skipped": not finite}
@@ -328,7 +387,7 @@ class Trainer:
         end = cfg.steps if num_steps is None else min(cfg.steps, self.step + num_steps)
         losses: list[float] = []
         metrics_file = writer = None
-        if self.out_dir is not None:
+        if self.out_dir is not None and self._main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self._drop_metrics_after(self.step)
             metrics_file = open(self.out_dir / "metrics.jsonl", "a")  # noqa: SIM115 (closed below)
@@ -340,7 +399,8 @@ class Trainer:
                 except ImportError:
                     writer = None
         samples_per_step = cfg.batch_size * cfg.grad_accum
-        bar = tqdm(total=end, initial=self.step, disable=not cfg.progress, desc="train", dynamic_ncols=True)
+        bar = tqdm(total=end, initial=self.step, disable=not (cfg.progress and self._main), desc="train",
+                   dynamic_ncols=True)
         window_start, window_steps = time.perf_counter(), 0
         try:
             while self.step < end:
