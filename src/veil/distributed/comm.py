@@ -199,8 +199,7 @@ def gather(x: Tensor, dim: int = 2, group=None, *, total: int | None = None) -> 
     the full gradient of this rank's rows; nothing is summed over ranks).
 
     Args:
-        total: the full length along ``dim`` (default: ``x``'s shard length times the group size when the shards
-            are full, which the layout guarantees only for divisible lengths; give it otherwise).
+        total: the full length along ``dim`` (default: found with one small all-gather of the shard lengths).
     """
     index, size = group_index(group)
     if group is not None and type(group).__name__ == "DeviceMesh":
@@ -208,13 +207,17 @@ def gather(x: Tensor, dim: int = 2, group=None, *, total: int | None = None) -> 
             raise ValueError("group: gather over a 2D mesh needs its flattened group; pass a ProcessGroup")
         group = group.get_group()
     pg = group if group is not None else dist.group.WORLD
-    n = total if total is not None else x.shape[dim] * size
-    sizes = shard_sizes(n, size)
-    if x.shape[dim] != sizes[index]:
-        raise ValueError(f"x: expected this rank's shard of {sizes[index]} along dim {dim} (total {n} over {size} "
-                         f"ranks), got {x.shape[dim]}; pass total= for lengths that do not divide")
     if size == 1:
         return x
+    if total is None:  # ask every rank for its length (one small collective)
+        mine = torch.tensor([x.shape[dim]], dtype=torch.int64, device=x.device if x.is_cuda else "cpu")
+        parts = [torch.empty_like(mine) for _ in range(size)]
+        dist.all_gather(parts, mine, group=pg)
+        total = int(sum(int(p) for p in parts))
+    sizes = shard_sizes(total, size)
+    if x.shape[dim] != sizes[index]:
+        raise ValueError(f"x: expected this rank's shard of {sizes[index]} along dim {dim} (total {total} over {size} "
+                         f"ranks), got {x.shape[dim]}")
     return _Gather.apply(x, dim, sizes, index, pg)
 
 

@@ -61,7 +61,7 @@ class SequenceParallel:
     def shard(self, x: Tensor, dim: int = 1) -> Tensor:
         return shard(x, dim, self.group)
 
-    def gather(self, x: Tensor, total: int, dim: int = 1) -> Tensor:
+    def gather(self, x: Tensor, total: int | None = None, dim: int = 1) -> Tensor:
         return gather(x, dim, self.group, total=total)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, *, kv_sharded: bool, scale: float | None,

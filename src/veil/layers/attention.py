@@ -88,9 +88,10 @@ class _Projections(nn.Module):
     sequence_parallel: SequenceParallel | None = None
     _kv_sharded = True
 
-    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None) -> Tensor:
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: M.Mask | None, kv_sharded: bool | None = None) -> Tensor:
         if self.sequence_parallel is not None:
-            out = self.sequence_parallel.attend(q, k, v, mask, kv_sharded=self._kv_sharded, scale=self.scale,
+            kv_sharded = self._kv_sharded if kv_sharded is None else kv_sharded
+            out = self.sequence_parallel.attend(q, k, v, mask, kv_sharded=kv_sharded, scale=self.scale,
                                                 softcap=self.softcap, backend=self.backend)
         else:
             out = attend(q, k, v, mask, scale=self.scale, softcap=self.softcap, backend=self.backend)  # (B, N, L, D)
@@ -162,19 +163,27 @@ class Attention(_Projections):
             elif not isinstance(rope, RopeTable):
                 raise TypeError(f"rope: expected a RotaryEmbedding, a RopeTable or None, got {type(rope).__name__}")
             q, k = table.apply(q), table.apply(k)
+        sp = self.sequence_parallel
+        kv_sharded = None
         if cache is not None:
-            if self.sequence_parallel is not None:
-                raise ValueError("cache: a KV cache is not supported under sequence parallelism (decode on one rank)")
+            if sp is not None:
+                # sequence-parallel prefill: the cache keeps every token, so each rank gathers the chunk's keys
+                # and values (one collective for both) and attends its queries to the whole cache view
+                kv = sp.gather(torch.cat([k, v], dim=-1), dim=2)  # (B, Nkv, L, 2D)
+                k, v = kv.split([k.shape[-1], v.shape[-1]], dim=-1)
+                kv_sharded = False
             view = cache.update(k, v, key_valid)
             k, v = view.k.to(q.dtype), view.v.to(q.dtype)  # (B, Nkv, K, D)
             if view.has_padding:
                 mask = _and(mask, M.key_mask(view.valid))
         elif key_valid is not None:
-            if key_valid.dtype != torch.bool or tuple(key_valid.shape) != (bsz, n):
+            # under sequence parallelism key_valid covers the whole sequence (the mask is global)
+            if key_valid.dtype != torch.bool or key_valid.dim() != 2 or key_valid.shape[0] != bsz or (
+                    sp is None and key_valid.shape[1] != n):
                 raise ValueError(f"key_valid: expected a bool tensor [B, L] = [{bsz}, {n}], got "
                                  f"{key_valid.dtype} {list(key_valid.shape)}")
             mask = _and(mask, M.key_mask(key_valid))
-        return self.o_proj(self._attend(q, k, v, mask))
+        return self.o_proj(self._attend(q, k, v, mask, kv_sharded))
 
 
 class CrossAttention(_Projections):

@@ -33,7 +33,17 @@ import torch
 from torch import nn
 
 from veil import masks as M
-from veil.layers import Attention, GatedMLP, InAttentionCondition, KVCache, RMSNorm, RopeTable, RotaryEmbedding
+from veil.distributed import SequenceParallel
+from veil.layers import (
+    Attention,
+    GatedMLP,
+    InAttentionCondition,
+    KVCache,
+    RMSNorm,
+    RopeTable,
+    RotaryEmbedding,
+    use_sequence_parallel,
+)
 from veil.models.sampling import check_sampling, next_token
 
 Tensor = torch.Tensor
@@ -353,8 +363,37 @@ class DecoderLM(nn.Module):
             return rel if valid is not None else rel[0]
         return cache.next_position[:, None] + rel  # (B, L)
 
+    # --- sequence parallelism -------------------------------------------------------------------------------
+
+    sequence_parallel: SequenceParallel | None = None
+
+    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None
+                                 ) -> DecoderLM:
+        """Split the tokens of every multi-token call across the ranks of ``group`` (:mod:`veil.distributed`).
+
+        Call it on every rank, then call the model with the same full inputs on every rank: each returns the
+        full output, equal to one process's. A forward without a cache runs every attention sequence-parallel
+        (causal and sliding-window masks stay exact; a ring skips the blocks they leave empty). A prefill into a
+        cache shards the queries and gathers each layer's keys and values, so that every rank's cache holds the
+        whole prompt; decoding steps (one token) then run whole on every rank. Returns ``self``.
+
+        Raises:
+            ValueError: no process group, or heads that do not divide by ``ulysses``.
+        """
+        sp = SequenceParallel(group, ulysses, ring)
+        sp.check_heads(self.config.heads)
+        self.sequence_parallel = sp
+        use_sequence_parallel(self, sp)
+        return self
+
+    def disable_sequence_parallel(self) -> DecoderLM:
+        """Back to one process: every rank computes the whole sequence."""
+        self.sequence_parallel = None
+        use_sequence_parallel(self, None)
+        return self
+
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, cache: LMCache | None = None,
-                      in_attn_cond: Tensor | None = None) -> Tensor:
+                      in_attn_cond: Tensor | None = None, gather: bool = True) -> Tensor:
         """Hidden states after the final norm.
 
         Args:
@@ -364,6 +403,7 @@ class DecoderLM(nn.Module):
             cache: an :class:`LMCache` from :meth:`new_cache`; these L tokens are appended to it and attend to
                 everything cached before them (prefill: many tokens; decode: one).
             in_attn_cond: the condition ``[B, C]`` when ``config.cond_dim`` is set.
+            gather: under sequence parallelism, False returns this rank's rows ``[B, n, E]``.
 
         Returns:
             ``[B, L, E]``.
@@ -387,15 +427,26 @@ class DecoderLM(nn.Module):
         x = self.embed(input_ids)
         x = x * self._normalizer(x.dtype)
         positions = self._positions(valid, n, cache, input_ids.device)
+        # a decoding step (one token) runs whole on every rank; longer calls are split across the group
+        sp = self.sequence_parallel if n > 1 else None
+        if sp is not None:
+            x, positions = sp.shard(x, 1), sp.shard(positions, positions.dim() - 1)  # this rank's tokens
+        elif self.sequence_parallel is not None:
+            use_sequence_parallel(self, None)
         tables = {}
         for kind, source in self._rope_sources.items():  # Gemma 2: one table serves both layer types
             tables[kind] = tables[source] if source in tables else self.rope[source](positions, dtype=x.dtype)
         caches = [None] * len(self.layers) if cache is None else cache.layers
-        for layer, layer_cache in zip(self.layers, caches):
-            x = layer(x, tables[layer.layer_type], valid, layer_cache, cond)
+        try:
+            for layer, layer_cache in zip(self.layers, caches):
+                x = layer(x, tables[layer.layer_type], valid, layer_cache, cond)
+        finally:
+            if sp is None and self.sequence_parallel is not None:
+                use_sequence_parallel(self, self.sequence_parallel)
         if cache is not None:
             cache.next_position += n if valid is None else valid.sum(dim=1)
-        return self.norm(x)
+        h = self.norm(x)
+        return sp.gather(h, n, dim=1) if sp is not None and gather else h
 
     def logits(self, hidden: Tensor) -> Tensor:
         """Tied output projection and final softcap: ``[..., E]`` -> ``[..., V]``."""
@@ -407,8 +458,15 @@ class DecoderLM(nn.Module):
                 in_attn_cond: Tensor | None = None, return_only_embed: bool = False) -> Tensor:
         """Logits ``[B, L, V]``, or the hidden states ``[B, L, E]`` after the final norm with
         ``return_only_embed=True``. Arguments as :meth:`hidden_states`."""
-        h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond)
-        return h if return_only_embed else self.logits(h)
+        sp = self.sequence_parallel if input_ids.shape[-1] > 1 else None
+        # under sequence parallelism the logits are computed on this rank's rows and gathered: every weight's
+        # gradient is then this rank's tokens' share (see veil.distributed.parallel)
+        h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond,
+                               gather=return_only_embed or sp is None)
+        if return_only_embed:
+            return h
+        out = self.logits(h)
+        return sp.gather(out, input_ids.shape[-1], dim=1) if sp is not None else out
 
     # --- cached decoding -------------------------------------------------------------------------------------
 
