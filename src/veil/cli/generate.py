@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 from PIL import Image
 
+from veil.distributed import init
 from veil.pipelines import TextToVideo, save_video
 
 
@@ -24,6 +26,9 @@ def add_parser(sub) -> None:
                    help="hold frame INDEX to an image file (resized to the frame size); repeatable")
     p.add_argument("--extend", type=int, metavar="N", help="extend to N frames, window by window")
     p.add_argument("--checkpoint", help="a checkpoint from 'veil train' (default: the shipped tiny-t2v)")
+    p.add_argument("--sp", type=int, metavar="K",
+                   help="sequence-parallel over K processes: launch with 'torchrun --nproc-per-node K -m veil.cli.main "
+                        "generate ... --sp K'; rank 0 writes the file")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
     p.set_defaults(run=run, parser=p)
@@ -40,10 +45,22 @@ def _keyframe(spec: str, size: int) -> tuple[int, torch.Tensor]:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    main = True
+    if args.sp is not None:
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if args.sp < 1 or world != args.sp:
+            raise ValueError(f"--sp: expected the number of processes torchrun started ({world}), got {args.sp}; "
+                             f"launch with 'torchrun --nproc-per-node {max(args.sp, 1)} -m veil.cli.main generate ...'")
+        if args.sp > 1:
+            rank, _ = init()
+            main = rank == 0
     pipe = TextToVideo.from_checkpoint(args.checkpoint)
+    if args.sp is not None and args.sp > 1:
+        pipe.enable_sequence_parallel()
     keyframes = dict(_keyframe(k, pipe.config.size) for k in args.keyframe) or None
     video = pipe(args.prompt, args.negative_prompt, guidance=args.guidance, steps=args.steps, seed=args.seed,
-                 frames=args.frames, keyframes=keyframes, extend_to=args.extend, progress=True)
-    path = save_video(video[0], args.output)
-    print(f"{path}: {video.shape[2]} frames of {video.shape[3]}x{video.shape[4]}")
+                 frames=args.frames, keyframes=keyframes, extend_to=args.extend, progress=main)
+    if main:
+        path = save_video(video[0], args.output)
+        print(f"{path}: {video.shape[2]} frames of {video.shape[3]}x{video.shape[4]}")
     return 0

@@ -81,3 +81,20 @@ class SequenceParallel:
         for g in grads:
             g.copy_(flat[offset:offset + g.numel()].view_as(g))
             offset += g.numel()
+
+
+def enable_sequence_parallel(module: nn.Module, group: Any = None, *, ulysses: int | None = None,
+                             ring: int | None = None) -> nn.Module:
+    """``enable_sequence_parallel`` on ``module`` or, for a wrapper (an x-prediction head, a text normaliser, a
+    pair of experts), on every model inside it that has the method; returns ``module``.
+
+    Raises:
+        ValueError: nothing inside ``module`` can run sequence-parallel (WanDiT, LatteDiT, DecoderLM can).
+    """
+    targets = [m for m in module.modules() if hasattr(m, "enable_sequence_parallel")]
+    if not targets:
+        raise ValueError(f"model: {type(module).__name__} holds no model that can run sequence-parallel "
+                         "(enable_sequence_parallel: WanDiT, LatteDiT, DecoderLM)")
+    for m in targets:
+        m.enable_sequence_parallel(group, ulysses=ulysses, ring=ring)
+    return module

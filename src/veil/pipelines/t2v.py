@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from veil.diffusion import DDPMObjective, FlowMatching, extend, make_scheduler, sample
+from veil.distributed import enable_sequence_parallel
 from veil.models.wan import WanDiT
 from veil.models.wan_config import WanConfig
 from veil.pipelines.codecs import PixelCodec
@@ -230,6 +231,16 @@ class TextToVideo:
         self.config = config
         self.objective = config.build_objective()
         self.extra: dict[str, Any] = {}
+
+    def enable_sequence_parallel(self, group: Any = None, *, ulysses: int | None = None,
+                                 ring: int | None = None) -> TextToVideo:
+        """Run the denoiser sequence-parallel over ``group`` (default: every process; see :mod:`veil.distributed`).
+
+        Every rank then calls the pipeline with the same arguments and gets the same video, the one a single
+        process makes (the noise comes from the seed, the text encoder runs whole on each rank). Returns ``self``.
+        """
+        enable_sequence_parallel(self.model, group, ulysses=ulysses, ring=ring)
+        return self
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,

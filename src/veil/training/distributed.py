@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from veil.distributed import enable_sequence_parallel
 from veil.training.ema import EMA
 
 __all__ = ["Parallel", "load_sharded", "save_sharded", "setup_parallel", "unwrap"]
@@ -109,12 +110,7 @@ def wrap(model: nn.Module, par: Parallel, device: torch.device) -> nn.Module:
         ValueError: ``sp > 1`` for a model without ``enable_sequence_parallel``.
     """
     if par.sp > 1:  # the model, or the models inside a wrapper (e.g. an x-prediction or expert wrapper)
-        targets = [m for m in model.modules() if hasattr(m, "enable_sequence_parallel")]
-        if not targets:
-            raise ValueError(f"sp: {type(model).__name__} has no module that can run sequence-parallel "
-                             "(enable_sequence_parallel: WanDiT, LatteDiT)")
-        for m in targets:
-            m.enable_sequence_parallel(par.sp_group)
+        enable_sequence_parallel(model, par.sp_group)
     if par.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
