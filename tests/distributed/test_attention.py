@@ -183,3 +183,17 @@ def test_shard_sizes_and_ring_skips():
     # a window shorter than a shard: only the diagonal and the one below it are visited
     assert vd.ring_skips(M.sliding_window(8), 64, 64, 4) == 9 / 16
     assert vd.ring_skips(None, 64, 64, 4) == 0.0
+
+
+def test_bench_counts_the_bytes_of_the_formulas_on_two_processes():
+    from veil.bench import distributed as bench
+
+    cfg = bench.quick(processes=(2,), masks=("causal", "window_3d"), tokens=512, repeats=1, model_layers=1)
+    rows, model_rows = bench.run(cfg)
+    assert [(r.mode, r.mask) for r in rows] == [("ulysses", "causal"), ("ring", "causal"),
+                                                ("ulysses", "window_3d"), ("ring", "window_3d")]
+    for r in rows:
+        assert r.sent_fwd == r.formula_fwd > 0 and r.sent_fwd_bwd == r.formula_fwd_bwd, r
+        assert r.max_diff <= TOL
+    assert rows[1].skip == 0.25  # causal over 2 shards: the block above the diagonal
+    assert model_rows[0].max_diff <= 1e-5 and model_rows[0].sent > 0

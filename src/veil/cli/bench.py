@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from veil.bench import attention, boxes, models, report
+from veil.bench import distributed as dist_bench
 from veil.cli import bench_lm
 from veil.cli.masks import grid_arg
 
@@ -18,6 +19,7 @@ def add_parser(sub) -> None:
     programs = p.add_subparsers(dest="program", metavar="PROGRAM", required=True)
     add_models_parser(programs)
     add_boxes_parser(programs)
+    add_distributed_parser(programs)
     bench_lm.add_parser(programs)
     a = programs.add_parser(
         "attention", help="every attention backend against dense SDPA, per mask and size",
@@ -148,4 +150,49 @@ def run_boxes(args: argparse.Namespace) -> int:
             boxes.__doc__.split("\n\n")[1].replace("\n", " "), "", table, "<!-- /veil bench boxes -->"])
         report.update_doc(args.output, "boxes", text)
         print(f"replaced the section 'boxes' of {args.output}")
+    return 0
+
+
+def add_distributed_parser(programs) -> None:
+    d = dist_bench.Config()
+    b = programs.add_parser(
+        "distributed", help="sequence-parallel attention and a WanDiT step on 1, 2 and 4 gloo processes",
+        description="For 1, 2 and 4 processes (gloo, CPU, one thread each): the time of each rank's sequence-parallel "
+                    "attention (Ulysses, ring) per mask, forward and forward + backward, against one process; the "
+                    "bytes each rank sent against the formula; the ring's skipped blocks; a WanDiT training step.")
+    b.add_argument("--quick", action="store_true", help="1024 tokens, 4 heads, a 4x8x8 model grid, 3 repeats")
+    b.add_argument("--processes", type=int, nargs="+", help="process counts (default 1 2 4)")
+    b.add_argument("--tokens", type=int, help=f"attention sequence length (default {d.tokens})")
+    b.add_argument("--masks", nargs="+", choices=dist_bench.MASKS, help="default: all")
+    b.add_argument("--repeats", type=int, help=f"timed runs per row, median reported (default {d.repeats})")
+    b.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces")
+    b.add_argument("--no-write", action="store_true", help="print the tables only")
+    b.set_defaults(run=run_distributed, parser=b)
+
+
+def run_distributed(args: argparse.Namespace) -> int:
+    overrides = {k: tuple(v) if isinstance(v, list) else v
+                 for k in ("processes", "tokens", "masks", "repeats") if (v := getattr(args, k)) is not None}
+    cfg = dist_bench.quick(**overrides) if args.quick else dist_bench.Config(**overrides)
+    print(dist_bench.header(), flush=True)
+    base: dict = {}
+    rows, model_rows = dist_bench.run(cfg, lambda r, m: (
+        base.update({x.mask: x for x in r if x.processes == 1}),
+        print("\n".join(dist_bench.format_rows(r, base)), flush=True)))
+    model_base = next((m for m in model_rows if m.processes == 1), None)
+    print("\n" + dist_bench.model_header() + "\n" + "\n".join(dist_bench.format_model_rows(model_rows, model_base)))
+    if not args.no_write:
+        command = "veil " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+        key, title = ("distributed-quick", "distributed --quick") if args.quick else ("distributed", "distributed")
+        text = "\n".join([
+            f"<!-- veil bench {key} -->", f"## `veil bench {title}`", "", f"Command: `{command}`  ",
+            f"Machine: {report.machine('cpu', 1)} per process, load average {os.getloadavg()[0]:.1f}  ",
+            f"Attention: batch 1, {cfg.heads} heads of {cfg.head_dim}, {cfg.tokens} tokens (window_3d: 16 frames), "
+            f"fp32; median of {cfg.repeats} runs, rank 0's wall time.", "",
+            dist_bench.__doc__.split("\n\n", 1)[1].strip().replace("\n", " "), "",
+            dist_bench.header(), *dist_bench.format_rows(rows, base), "",
+            dist_bench.model_header(), *dist_bench.format_model_rows(model_rows, model_base),
+            f"<!-- /veil bench {key} -->"])
+        report.update_doc(args.output, key, text)
+        print(f"replaced the section '{title}' of {args.output}")
     return 0

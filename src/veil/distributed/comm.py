@@ -77,6 +77,16 @@ class Topology:
 
 
 _TOPOLOGIES: dict[tuple, Topology] = {}
+_SENT = [0]  # bytes this process has sent to other ranks through all_to_all and exchange (for benchmarks)
+
+
+def bytes_sent(reset: bool = False) -> int:
+    """Bytes this process sent to other ranks through :func:`all_to_all` and :func:`exchange` so far (the
+    sequence-parallel attention traffic; the small agreement gather is not counted); ``reset`` zeroes it."""
+    n = _SENT[0]
+    if reset:
+        _SENT[0] = 0
+    return n
 
 
 def _subgroups(ranks: list[list[int]], me: int) -> dist.ProcessGroup | None:
@@ -225,6 +235,7 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, send, recv, pg):
         ctx.args = (send, recv, pg)
+        _SENT[0] += (sum(send) - send[dist.get_rank(pg)]) * x.element_size()
         out = x.new_empty(sum(recv))
         dist.all_to_all_single(out, x.contiguous(), output_split_sizes=recv, input_split_sizes=send, group=pg)
         return out
@@ -232,6 +243,7 @@ class _AllToAll(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         send, recv, pg = ctx.args
+        _SENT[0] += (sum(recv) - recv[dist.get_rank(pg)]) * grad.element_size()
         out = grad.new_empty(sum(send))
         dist.all_to_all_single(out, grad.contiguous(), output_split_sizes=send, input_split_sizes=recv, group=pg)
         return out, None, None, None
@@ -251,6 +263,7 @@ def exchange(send: list[Tensor], to: int, recv: list[Tensor], frm: int) -> list:
     """Start sending ``send`` to global rank ``to`` and receiving ``recv`` from ``frm``, in one batch, in list
     order on both sides; empty tensors are skipped (both sides know the sizes). Returns the requests."""
     ops = [dist.P2POp(dist.isend, t, to) for t in send if t.numel()]
+    _SENT[0] += sum(t.numel() * t.element_size() for t in send)
     ops += [dist.P2POp(dist.irecv, t, frm) for t in recv if t.numel()]
     return dist.batch_isend_irecv(ops) if ops else []
 

@@ -52,6 +52,7 @@ class Parallel:
     mode: DataParallel
     sp_group: Any  # the ProcessGroup of this rank's sequence-parallel group (None when sp == 1)
     mesh: Any = None  # the FSDP2 device mesh
+    device: torch.device = torch.device("cpu")  # where collectives of plain values run (nccl: the GPU)
 
     @property
     def is_main(self) -> bool:
@@ -64,7 +65,7 @@ class Parallel:
 
     def mean(self, value: float) -> float:
         """The mean of a per-rank float over the world (every rank calls it)."""
-        t = torch.tensor([value], dtype=torch.float64)
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t) / self.world
 
@@ -100,7 +101,7 @@ def setup_parallel(mode: DataParallel, sp: int, batch_size: int, device: torch.d
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(device.type, (world,))
-    return Parallel(world, rank, dp, rank // sp, sp, mode, sp_group, mesh)
+    return Parallel(world, rank, dp, rank // sp, sp, mode, sp_group, mesh, device)
 
 
 def wrap(model: nn.Module, par: Parallel, device: torch.device) -> nn.Module:

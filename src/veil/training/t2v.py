@@ -307,8 +307,11 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
     objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
                              weighting=typing.cast(Any, config.loss_weight))
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
+    # under torchrun with nccl each process trains on its own GPU (init() made it the current device)
+    device = (torch.device("cuda", torch.cuda.current_device())
+              if several and torch.distributed.get_backend() == "nccl" else None)
     trainer = _T2VTrainer(build, objective, data, config.train_config(str(out), resume, progress),
-                          pipeline=pipeline, run=run_info)
+                          pipeline=pipeline, run=run_info, device=device)
     if trainer.resumed_from is not None:
         log(f"resumed from {trainer.resumed_from} at step {trainer.step}")
     t1 = time.perf_counter()
