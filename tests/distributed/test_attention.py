@@ -87,6 +87,18 @@ def worker_masks(heads: list[tuple[int, int]]) -> dict[str, tuple[float, ...]]:
                     key = f"{name} {mode} heads={hq}/{hkv}"
                     diffs = _compare(q, k, v, w, mask, **mode)
                     worst[key] = tuple(max(a, b) for a, b in zip(diffs, worst.get(key, diffs)))
+        # the global lengths given and the agreement check skipped: the same results, no host sync
+        for name, n, mask in _self_masks()[:4]:
+            q, k, v, w = _inputs(2, 4, 2, n, n)
+            worst[f"{name} lengths given, check=False"] = _compare(q, k, v, w, mask, lengths=(n, n), check=False,
+                                                                    ring=size)
+        if size == 4:  # hybrid through a 2D DeviceMesh ("ring", "ulysses"): shard i = ring rank * 2 + ulysses rank
+            from torch.distributed.device_mesh import init_device_mesh
+
+            mesh = init_device_mesh("cpu", (2, 2), mesh_dim_names=("ring", "ulysses"))
+            for name, n, mask in _self_masks():
+                q, k, v, w = _inputs(2, 4, 2, n, n)
+                worst[f"{name} mesh"] = _compare(q, k, v, w, mask, group=mesh)
         # cross-attention: video queries sharded, padded text replicated on every rank
         lengths = torch.tensor([7, 2])
         for mask in (M.key_padding(lengths), M.key_padding(lengths) & M.query_padding(torch.tensor([23, 10]))):
@@ -106,14 +118,14 @@ def _assert_exact(results: list[dict[str, tuple[float, ...]]]):
 def test_two_processes_equal_one_for_every_mask_ulysses_and_ring():
     results = vd.spawn(worker_masks, 2, [(4, 2), (2, 1)], timeout=300)
     _assert_exact(results)
-    assert len(results[0]) == 2 * 2 * len(_self_masks()) + 2
+    assert len(results[0]) == 2 * 2 * len(_self_masks()) + 2 + 4
 
 
 def test_four_processes_equal_one_for_every_mask_ulysses_ring_and_hybrid():
     # (4, 1): Ulysses 4 with one key/value head, replicated to every rank; (4, 2): two ranks share each
     results = vd.spawn(worker_masks, 4, [(4, 2), (4, 1)], timeout=420)
     _assert_exact(results)
-    assert len(results[0]) == 2 * 3 * len(_self_masks()) + 2
+    assert len(results[0]) == 2 * 3 * len(_self_masks()) + 2 + 4 + len(_self_masks())
 
 
 def worker_errors() -> list[str]:
@@ -130,6 +142,8 @@ def worker_errors() -> list[str]:
         "mask does not fit": lambda: vd.attend(qs, ks, vs, M.key_padding(torch.tensor([11]))),
         "one rank's bad input": lambda: vd.attend(qs if rank == 0 else qs.long(), ks, vs),
         "degrees": lambda: vd.attend(qs, ks, vs, ulysses=2, ring=2),
+        "lengths": lambda: vd.attend(qs, ks, vs, lengths=(12, 10)),
+        "lengths, unchecked": lambda: vd.attend(qs, ks, vs, lengths=(12, 12), check=False),
     }
     messages = []
     for name, call in calls.items():
@@ -156,6 +170,8 @@ def test_bad_input_raises_the_same_clear_error_on_every_rank_and_nothing_hangs()
         "mask does not fit": "lengths must be <= the key length 10",
         "one rank's bad input": "rank 1 of the group: TypeError: q: expected a floating-point tensor",
         "degrees": "expected ulysses * ring == the group size 2",
+        "lengths": "lengths: the shards add up to (10, 10), got (12, 10)",
+        "lengths, unchecked": "holds 5 queries and 5 keys; global lengths (12, 12) over 2 ranks give it 6 and 6",
     }
     for rank, messages in enumerate(results):
         got = dict(m.split(": ", 1) for m in messages)
@@ -183,6 +199,9 @@ def test_shard_sizes_and_ring_skips():
     # a window shorter than a shard: only the diagonal and the one below it are visited
     assert vd.ring_skips(M.sliding_window(8), 64, 64, 4) == 9 / 16
     assert vd.ring_skips(None, 64, 64, 4) == 0.0
+    assert vd.ring_blocks(M.causal(), 64, 64, 4) == [1, 2, 3, 4]
+    assert vd.ring_blocks(M.sliding_window(8), 64, 64, 4) == [1, 2, 2, 2]
+    assert vd.ring_blocks(M.frame_causal((4, 2, 2)), 16, 16, 2) == [1, 2]
 
 
 def test_bench_counts_the_bytes_of_the_formulas_on_two_processes():

@@ -1,11 +1,12 @@
 """``veil bench distributed``: sequence-parallel attention and a WanDiT step on 1, 2 and 4 gloo processes (CPU).
 
 For each process count P, mode (Ulysses, ring) and mask: the median time of this rank's attention call (forward,
-and forward + backward), the bytes each rank sent against the formula, and the share of (query shard, key shard)
-blocks a ring skips because the mask leaves them empty. Then a small WanDiT forward + backward step, Ulysses over
-P processes against one process. Every P runs in its own group of fresh processes (:func:`veil.distributed.spawn`)
-at one torch thread each: with P processes on a 2-core machine, P > 2 shares the cores, so the times show the
-overheads of the method here, not the speed-up P devices would give.
+and forward + backward), the bytes each rank sent against the formula, the share of (query shard, key shard)
+blocks a ring skips because the mask leaves them empty, and the ring's load imbalance (the busiest rank's blocks
+over the mean: with contiguous shards a causal mask gives rank i i + 1 blocks). Then a small WanDiT forward +
+backward step, Ulysses over P processes against one process. Every P runs in its own group of fresh processes
+(:func:`veil.distributed.spawn`) at one torch thread each: with P processes on a 2-core machine, P > 2 shares the
+cores, so the times show the overheads of the method here, not the speed-up P devices would give.
 
 Formulas (bytes sent by one rank per attention call, e bytes per element, n = N / P tokens per rank, Dv = D):
 Ulysses forward ``4 B H n D e (P - 1) / P`` (q, k, v in, out back), backward the same; ring forward
@@ -57,6 +58,7 @@ class Row:
     formula_fwd: int
     formula_fwd_bwd: int
     skip: float
+    imbalance: float  # the busiest rank's blocks / the mean (ring)
     max_diff: float
 
 
@@ -153,7 +155,9 @@ def _worker(cfg: Config) -> tuple[list[Row], list[ModelRow]]:
             f_ms, fb_ms = _timed(fwd, cfg.repeats), _timed(fwd_bwd, cfg.repeats)
             formula = _formula(mode, p, 1, cfg.heads, vd.shard_sizes(n, p)[0], cfg.head_dim, 4)
             skip = vd.ring_skips(mask, n, n, p) if mode == "ring" else 0.0
-            rows.append(Row(p, mode, name, f_ms, fb_ms, sent_fwd, sent_both, *formula, skip, diff))
+            blocks = vd.ring_blocks(mask, n, n, p)
+            imbalance = max(blocks) / (sum(blocks) / p) if mode == "ring" and sum(blocks) else 1.0
+            rows.append(Row(p, mode, name, f_ms, fb_ms, sent_fwd, sent_both, *formula, skip, imbalance, diff))
     return rows, _model_rows(cfg, p)
 
 
@@ -209,7 +213,7 @@ def run(cfg: Config, on_rows=None) -> tuple[list[Row], list[ModelRow]]:
 
 def header() -> str:
     cols = ("P", "mode", "mask", "fwd ms", "x one process", "fwd+bwd ms", "x one process", "KiB sent fwd (formula)",
-            "KiB sent fwd+bwd (formula)", "ring blocks skipped", "max abs diff")
+            "KiB sent fwd+bwd (formula)", "ring blocks skipped", "ring busiest / mean", "max abs diff")
     return "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols)
 
 
@@ -221,7 +225,7 @@ def format_rows(rows: list[Row], base: dict[str, Row]) -> list[str]:
         x2 = f"{one.fwd_bwd_ms / r.fwd_bwd_ms:.2f}" if one else ""
         out.append(f"| {r.processes} | {r.mode} | {r.mask} | {r.fwd_ms:.1f} | {x1} | {r.fwd_bwd_ms:.1f} | {x2} | "
                    f"{r.sent_fwd / 1024:.0f} ({r.formula_fwd / 1024:.0f}) | {r.sent_fwd_bwd / 1024:.0f} "
-                   f"({r.formula_fwd_bwd / 1024:.0f}) | {r.skip:.0%} | {r.max_diff:.1e} |")
+                   f"({r.formula_fwd_bwd / 1024:.0f}) | {r.skip:.0%} | {r.imbalance:.2f} | {r.max_diff:.1e} |")
     return out
 
 

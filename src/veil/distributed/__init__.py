@@ -8,10 +8,10 @@
 - :func:`init` (under torchrun) and :func:`spawn` (processes on one machine, for tests and benchmarks).
 """
 
-from veil.distributed.attention import attend, ring_skips
+from veil.distributed.attention import attend, ring_blocks, ring_skips
 from veil.distributed.comm import Topology, gather, group_index, shard, shard_sizes, topology
 from veil.distributed.launch import init, spawn
 from veil.distributed.parallel import SequenceParallel, enable_sequence_parallel
 
 __all__ = ["SequenceParallel", "Topology", "attend", "enable_sequence_parallel", "gather", "group_index", "init",
-           "ring_skips", "shard", "shard_sizes", "spawn", "topology"]
+           "ring_blocks", "ring_skips", "shard", "shard_sizes", "spawn", "topology"]

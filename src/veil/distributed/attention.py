@@ -52,7 +52,8 @@ Tensor = torch.Tensor
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: Any = None,
            ulysses: int | None = None, ring: int | None = None, kv_sharded: bool = True,
-           scale: float | None = None, softcap: float | None = None, backend: str = "auto") -> Tensor:
+           scale: float | None = None, softcap: float | None = None, backend: str = "auto",
+           lengths: tuple[int, int] | None = None, check: bool = True) -> Tensor:
     """Attention over a sequence split across the ranks of ``group``; returns this rank's rows of the output.
 
     Args:
@@ -69,6 +70,10 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
         kv_sharded: False when k and v are whole on every rank (no communication is needed).
         scale, softcap, backend: as in :func:`veil.attend` (``backend`` runs the Ulysses and replicated-KV paths;
             ring steps use veil's row-blocked float32 kernel).
+        lengths: the global ``(query, key)`` lengths, when the caller knows them.
+        check: compare shapes, dtypes and masks across the ranks first (one small all-gather and a host sync per
+            call). ``check=False`` with ``lengths`` skips it: each rank then checks only its own shard against the
+            layout, and a rank whose call differs from its peers' is no longer caught before the collectives.
 
     Returns:
         ``[B, Hq, n, Dv]``: this rank's rows of the attention over the whole sequence.
@@ -100,11 +105,28 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
               "local_q": n, "local_kv": m}
     if not kv_sharded:
         fields["key/value length (replicated keys must be whole on every rank)"] = m
-    rows = agree(pg, fields, error, q.device)
-    q_sizes = [r[list(fields).index("local_q")] for r in rows]
-    kv_sizes = [r[list(fields).index("local_kv")] for r in rows] if kv_sharded else None
-    n_total = sum(q_sizes)
-    m_total = sum(kv_sizes) if kv_sharded else m
+    if lengths is not None and (not isinstance(lengths, tuple) or len(lengths) != 2 or
+                                not all(isinstance(x, int) and x >= 0 for x in lengths)):
+        raise ValueError(f"lengths: expected (query length, key length) as two ints >= 0, got {lengths!r}")
+    if check or lengths is None:
+        rows = agree(pg, fields, error, q.device)
+        q_sizes = [r[list(fields).index("local_q")] for r in rows]
+        kv_sizes = [r[list(fields).index("local_kv")] for r in rows] if kv_sharded else None
+        n_total = sum(q_sizes)
+        m_total = sum(kv_sizes) if kv_sharded else m
+        if lengths is not None and lengths != (n_total, m_total):
+            raise ValueError(f"lengths: the shards add up to {(n_total, m_total)}, got {lengths}")
+    else:
+        if error is not None:
+            raise ValueError(error)
+        n_total, m_total = lengths
+        q_sizes = shard_sizes(n_total, topo.size)
+        kv_sizes = shard_sizes(m_total, topo.size) if kv_sharded else None
+        if q_sizes[topo.index] != n or (kv_sharded and kv_sizes[topo.index] != m) or (not kv_sharded and
+                                                                                      m != m_total):
+            raise ValueError(f"q, k: this rank (shard {topo.index}) holds {n} queries and {m} keys; global lengths "
+                             f"{lengths} over {topo.size} ranks give it {q_sizes[topo.index]} and "
+                             f"{kv_sizes[topo.index] if kv_sharded else m_total}")
     # from here on every rank holds the same facts, so every check below fails on all ranks alike
     for name, sizes, total in (("q", q_sizes, n_total), ("k", kv_sizes, m_total)):
         if sizes is not None and sizes != shard_sizes(total, topo.size):
@@ -293,11 +315,15 @@ def _block_mask(mask, q_start, k_start, n_total, m_total, heads, h0):
                   head_start=h0)
 
 
-def ring_skips(mask: Mask | None, n_total: int, m_total: int, size: int) -> float:
-    """Fraction of the ``size x size`` (query shard, key shard) blocks a ring skips for this mask and length."""
+def ring_blocks(mask: Mask | None, n_total: int, m_total: int, size: int) -> list[int]:
+    """Key blocks each rank of a ring of ``size`` computes (the others are empty under ``mask``'s structure): the
+    ring's work per rank, whose spread is its load imbalance (causal: rank ``i`` computes ``i + 1`` blocks)."""
     qs, ks = shard_sizes(n_total, size), shard_sizes(m_total, size)
     q0, k0 = shard_starts(qs), shard_starts(ks)
-    empty = sum(block_is_empty(mask, (q0[i], q0[i] + qs[i]), (k0[j], k0[j] + ks[j]), n_total, m_total)
-                for i in range(size) for j in range(size))
-    return empty / float(size * size)
+    return [sum(not block_is_empty(mask, (q0[i], q0[i] + qs[i]), (k0[j], k0[j] + ks[j]), n_total, m_total)
+                for j in range(size)) for i in range(size)]
 
+
+def ring_skips(mask: Mask | None, n_total: int, m_total: int, size: int) -> float:
+    """Fraction of the ``size x size`` (query shard, key shard) blocks a ring skips for this mask and length."""
+    return 1.0 - sum(ring_blocks(mask, n_total, m_total, size)) / float(size * size)

@@ -121,7 +121,14 @@ def topology(group, ulysses: int | None, ring: int | None, heads: int) -> Topolo
             index = group.get_local_rank("ring") * mu + group.get_local_rank("ulysses")
             key = ("mesh", id(group))
             if key not in _TOPOLOGIES:
-                _TOPOLOGIES[key] = Topology(group, mu * mr, index, mu, mr, mesh_groups[0] if mu > 1 else None,
+                # the whole mesh as one group (the agreement check and shard indices), in shard order
+                ring_dim, uly_dim = names.index("ring"), names.index("ulysses")
+                order = group.mesh.permute(ring_dim, uly_dim).flatten().tolist()
+                if order == list(range(dist.get_world_size())):
+                    whole = dist.group.WORLD
+                else:
+                    whole = dist.new_group(order, use_local_synchronization=True, sort_ranks=False)
+                _TOPOLOGIES[key] = Topology(whole, mu * mr, index, mu, mr, mesh_groups[0] if mu > 1 else None,
                                             mesh_groups[1] if mr > 1 else None)
             return _TOPOLOGIES[key]
         if group.ndim != 1:
