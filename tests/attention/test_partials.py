@@ -153,3 +153,30 @@ def test_merge_partials_errors():
         merge_partials([o, torch.zeros(1, 2, 3, 5)], [s, s])
     with pytest.raises(TypeError, match="sequences"):
         merge_partials(o, s)
+
+
+@pytest.mark.parametrize("name", ["none", "causal", "key_padding", "query_padding", "packed_causal", "window_3d",
+                                  "or_not"])
+def test_fused_cpu_kernel_and_the_row_blocked_math_agree(name, monkeypatch):
+    # float32, equal q / v head dims: partial_attention / partial_grads take PyTorch's fused CPU kernel; the same
+    # calls with the kernel hidden take veil's row-blocked math
+    from veil.attention import partials
+
+    mask = _masks(3)[name]
+    region = M.region(mask, q_start=0, kv_start=4, q_len=L, kv_len=L) if mask is not None else None
+    q, k, v = (t.detach() for t in _inputs(dv=8))
+    k, v = k[:, :, 4:], v[:, :, 4:]  # a key block: some rows see none of it
+    assert partials._fused(q, v, None)
+    got = partials.partial_attention(q, k, v, region, 0.3)
+    g = torch.Generator().manual_seed(5)
+    dout = torch.randn(got[0].shape, generator=g)
+    got_grads = partials.partial_grads(q, k, v, region, 0.3, None, got[0], got[1], dout, None)
+    monkeypatch.setattr(partials, "_CPU_FLASH", None)
+    assert not partials._fused(q, v, None)
+    want = partials.partial_attention(q, k, v, region, 0.3)
+    want_grads = partials.partial_grads(q, k, v, region, 0.3, None, want[0], want[1], dout, None)
+    assert torch.allclose(got[0], want[0], atol=1e-6)
+    assert torch.equal(torch.isinf(got[1]), torch.isinf(want[1]))
+    assert torch.allclose(got[1][~torch.isinf(got[1])], want[1][~torch.isinf(want[1])], atol=1e-5)
+    for a, b in zip(got_grads, want_grads):
+        assert a.shape == b.shape and torch.isfinite(a).all() and torch.allclose(a, b, atol=1e-5)

@@ -76,15 +76,17 @@ def _modes(size: int) -> list[dict]:
     return modes
 
 
-def worker_masks(heads: list[tuple[int, int]]) -> dict[str, tuple[float, ...]]:
+def worker_masks(heads: list[tuple[int, int, int]]) -> dict[str, tuple[float, ...]]:
+    """``heads``: (query heads, key/value heads, value head dim); a value head dim of 8 (= the query's) takes the
+    fused CPU kernel in ring steps, 6 the row-blocked math."""
     size = dist.get_world_size()
     worst: dict[str, tuple[float, ...]] = {}
     for _repeat in range(2):
-        for hq, hkv in heads:
+        for hq, hkv, dv in heads:
             for mode in _modes(size):
                 for name, n, mask in _self_masks():
-                    q, k, v, w = _inputs(2, hq, hkv, n, n)
-                    key = f"{name} {mode} heads={hq}/{hkv}"
+                    q, k, v, w = _inputs(2, hq, hkv, n, n, dv=dv)
+                    key = f"{name} {mode} heads={hq}/{hkv} dv={dv}"
                     diffs = _compare(q, k, v, w, mask, **mode)
                     worst[key] = tuple(max(a, b) for a, b in zip(diffs, worst.get(key, diffs)))
         # the global lengths given and the agreement check skipped: the same results, no host sync
@@ -116,14 +118,14 @@ def _assert_exact(results: list[dict[str, tuple[float, ...]]]):
 
 
 def test_two_processes_equal_one_for_every_mask_ulysses_and_ring():
-    results = vd.spawn(worker_masks, 2, [(4, 2), (2, 1)], timeout=300)
+    results = vd.spawn(worker_masks, 2, [(4, 2, 6), (2, 1, 8)], timeout=300)
     _assert_exact(results)
     assert len(results[0]) == 2 * 2 * len(_self_masks()) + 2 + 4
 
 
 def test_four_processes_equal_one_for_every_mask_ulysses_ring_and_hybrid():
     # (4, 1): Ulysses 4 with one key/value head, replicated to every rank; (4, 2): two ranks share each
-    results = vd.spawn(worker_masks, 4, [(4, 2), (4, 1)], timeout=420)
+    results = vd.spawn(worker_masks, 4, [(4, 2, 8), (4, 1, 6)], timeout=420)
     _assert_exact(results)
     assert len(results[0]) == 2 * 3 * len(_self_masks()) + 2 + 4 + len(_self_masks())
 

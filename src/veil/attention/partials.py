@@ -10,7 +10,9 @@ a set has ``lse_i = -inf`` and ``out_i = 0``: it adds nothing, and a row that se
 0 with ``lse = -inf`` (never NaN).
 
 The kernels here work in row blocks in float32 (the reference's numerics): no ``Q x K`` tensor is made, only
-``rows x K`` per block. :func:`partial_grads` is the backward of a partial result given the *final* ``out``
+``rows x K`` per block. For float32 on the CPU (equal q / v head dims, no softcap) they call PyTorch's fused CPU
+attention kernel and its backward, which return and take the log-sum-exp; otherwise they compute the scores
+themselves. :func:`partial_grads` is the backward of a partial result given the *final* ``out``
 and ``lse`` of its rows, which is what ring attention's backward needs: with ``P = exp(S - lse)`` the
 gradient of the block is exact whatever the other blocks were.
 
@@ -62,6 +64,76 @@ def _finite(lse: Tensor) -> Tensor:
     return torch.where(torch.isinf(lse), torch.zeros((), device=lse.device), lse)
 
 
+# PyTorch's fused CPU attention kernel returns the log-sum-exp, and its backward takes a given out and lse:
+# exactly what a partial result over one key set needs (the ring's steps). Used for float32 on the CPU with equal
+# q / v head dims and no softcap; everything else runs the row-blocked math below.
+_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+_CPU_FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+
+
+def _fused(q: Tensor, v: Tensor, softcap: float | None) -> bool:
+    return (_CPU_FLASH is not None and _CPU_FLASH_BWD is not None and q.device.type == "cpu"
+            and q.dtype == torch.float32 and v.dtype == torch.float32 and q.shape[-1] == v.shape[-1]
+            and softcap is None)
+
+
+def _bias_rows(mask: Mask | None, b: int, hq: int, qn: int, kn: int, q0: int, q1: int,
+               device: torch.device) -> tuple[Tensor | None, Tensor | None]:
+    """The additive float32 mask of rows [q0, q1) (-inf where masked) and which rows see a key."""
+    if mask is None:
+        return None, None
+    a = mask.evaluate(b, hq, qn, kn, device, q_range=(q0, q1))
+    a = a[: b if mask.batch_dependent else 1, : hq if mask.head_dependent else 1]
+    bias = torch.zeros(a.shape, dtype=torch.float32, device=device).masked_fill_(~a, float("-inf"))
+    return bias, a.any(-1)
+
+
+def _expand_kv(t: Tensor, g: int) -> Tensor:
+    return t if g == 1 else t.repeat_interleave(g, dim=1)  # (B, Hq, K, D): the fused kernel takes no GQA
+
+
+def _fused_forward(q, k, v, mask, scale, out, lse) -> None:
+    b, hq, qn, _ = q.shape
+    kn = k.shape[2]
+    g = hq // k.shape[1]
+    ke, ve = _expand_kv(k, g), _expand_kv(v, g)
+    step = _rows_per_block(b, hq, kn)
+    for q0 in range(0, qn, step):
+        q1 = min(qn, q0 + step)
+        bias, seen = _bias_rows(mask, b, hq, qn, kn, q0, q1, q.device)
+        o, s = _CPU_FLASH(q[:, :, q0:q1], ke, ve, 0.0, False, attn_mask=bias, scale=scale)
+        if seen is not None:  # rows with no key: the kernel writes 0 to out; their lse is -inf
+            o = o * seen.unsqueeze(-1)
+            s = torch.where(seen, s, torch.full((), float("-inf"), device=s.device))
+        out[:, :, q0:q1] = o
+        lse[:, :, q0:q1] = s
+
+
+def _fused_grads(q, k, v, mask, scale, out, lse, grad_out) -> tuple[Tensor, Tensor, Tensor]:
+    b, hq, qn, _ = q.shape
+    hkv, kn = k.shape[1], k.shape[2]
+    g = hq // hkv
+    ke, ve = _expand_kv(k, g), _expand_kv(v, g)
+    dq = torch.empty_like(q)
+    dk = torch.zeros(b, hq, kn, k.shape[-1], dtype=torch.float32, device=q.device)
+    dv = torch.zeros(b, hq, kn, v.shape[-1], dtype=torch.float32, device=q.device)
+    # a row with no key anywhere (lse -inf) has every key masked here too: its probabilities are exp(-inf) = 0
+    safe_lse = torch.where(torch.isinf(lse), torch.zeros((), device=lse.device), lse.float())
+    step = _rows_per_block(b, hq, kn)
+    for q0 in range(0, qn, step):
+        q1 = min(qn, q0 + step)
+        bias, _ = _bias_rows(mask, b, hq, qn, kn, q0, q1, q.device)
+        gq, gk, gv = _CPU_FLASH_BWD(grad_out[:, :, q0:q1].contiguous(), q[:, :, q0:q1], ke, ve,
+                                    out[:, :, q0:q1].contiguous(), safe_lse[:, :, q0:q1].contiguous(), 0.0, False,
+                                    attn_mask=bias, scale=scale)
+        dq[:, :, q0:q1] = gq
+        dk += gk
+        dv += gv
+    if g > 1:  # the expanded heads' gradients summed back into their shared key/value heads
+        dk, dv = dk.unflatten(1, (hkv, g)).sum(2), dv.unflatten(1, (hkv, g)).sum(2)
+    return dq, dk.to(k.dtype), dv.to(v.dtype)
+
+
 def partial_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: float,
                       softcap: float | None = None) -> tuple[Tensor, Tensor]:
     """``(out, lse)`` of ``q`` over ``k, v`` under ``mask`` (validated by the caller), without autograd.
@@ -76,6 +148,10 @@ def partial_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale:
     out = q.new_empty(b, hq, qn, v.shape[-1])
     lse = torch.empty(b, hq, qn, dtype=torch.float32, device=q.device)
     if qn == 0:
+        return out, lse
+    if kn and _fused(q, v, softcap):
+        with torch.no_grad():
+            _fused_forward(q, k, v, mask, scale, out, lse)
         return out, lse
     with torch.no_grad():
         kf, vf = k.float().unsqueeze(2), v.float().unsqueeze(2)  # (B, Hkv, 1, K, D)
@@ -107,6 +183,9 @@ def partial_grads(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: flo
     b, hq, qn, _ = q.shape
     hkv, kn = k.shape[1], k.shape[2]
     g = hq // hkv
+    if grad_out is not None and grad_lse is None and qn and kn and _fused(q, v, softcap):
+        with torch.no_grad():
+            return _fused_grads(q, k, v, mask, scale, out, lse, grad_out)
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     dk = torch.zeros(k.shape, dtype=torch.float32, device=q.device)
     dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
