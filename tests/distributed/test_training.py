@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
@@ -139,3 +140,27 @@ def test_bad_parallel_settings_are_clear_errors_on_every_rank(tmp_path):
                for m in vd.spawn(_bad, 2, [cache, "batch_size=3"]))
     with pytest.raises(ValueError, match="dp: expected 'ddp' or 'fsdp'"):
         load_config("micro-t2v", None, ["dp=zero3"]).train_config(None, None)
+
+
+def _start_weights(mode: str) -> bool:
+    from tests.diffusion.nets import TinyDenoiser
+    from veil.diffusion import FlowMatching
+    from veil.training import TrainConfig, Trainer
+    from veil.training.distributed import full_state
+
+    torch.manual_seed(100 + dist.get_rank())  # a model built outside the trainer, differently on each rank
+    model = TinyDenoiser()
+    torch.manual_seed(100)
+    rank0 = TinyDenoiser().state_dict()
+    g = torch.Generator().manual_seed(0)
+    data = [{"latents": torch.randn(4, 2, 3, 3, generator=g), "context": torch.randn(3, 8, generator=g)}
+            for _ in range(4)]
+    trainer = Trainer(model, FlowMatching(), data, TrainConfig(steps=1, batch_size=2, dp=mode, progress=False,
+                                                               ema_decay=None, tensorboard=False))
+    state = full_state(trainer.model, None)
+    return state is None or all(torch.equal(state[k], rank0[k]) for k in rank0)
+
+
+def test_every_rank_starts_from_rank_0s_weights():
+    for mode in ("ddp", "fsdp"):
+        assert vd.spawn(_start_weights, 2, mode) == [True, True], mode

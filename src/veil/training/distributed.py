@@ -118,6 +118,11 @@ def wrap(model: nn.Module, par: Parallel, device: torch.device) -> nn.Module:
         return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     from torch.distributed.fsdp import fully_shard
 
+    # DDP starts every rank from rank 0's weights; FSDP2 shards each rank's own copy, so make them rank 0's first
+    # (a model passed in, rather than built from the seed by the trainer, may differ between ranks)
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            dist.broadcast(t.data, src=0)
     blocks = getattr(model, "blocks", None)
     for block in blocks if blocks is not None else ():
         fully_shard(block, mesh=par.mesh)
