@@ -224,13 +224,9 @@ class _Ring(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale, softcap, topo: Topology, q_sizes, k_sizes, n_total, m_total, heads, h0):
-        r, me = topo.ring, topo.ring_rank
-        q_starts, k_starts = shard_starts(q_sizes), shard_starts(k_sizes)
-        nxt = global_rank(topo.ring_group, (me + 1) % r)
-        prv = global_rank(topo.ring_group, (me - 1) % r)
+        r, me, nxt, prv, q_range, k_ranges = _ring_plan(topo, q_sizes, k_sizes)
         b, hkv, _, d = k.shape
         dv = v.shape[3]
-        q_range = (q_starts[me], q_starts[me] + q_sizes[me])
         buf = _pack(k, v)
         out = lse = None
         for step in range(r):
@@ -240,7 +236,7 @@ class _Ring(torch.autograd.Function):
                 nsrc = (me - step - 1) % r
                 nbuf = buf.new_empty(b * hkv * k_sizes[nsrc] * (d + dv))
                 reqs = exchange([buf], nxt, [nbuf], prv)
-            k_range = (k_starts[src], k_starts[src] + k_sizes[src])
+            k_range = k_ranges[src]
             if not block_is_empty(mask, q_range, k_range, n_total, m_total):
                 ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
                 blk = _block_mask(mask, q_range[0], k_range[0], n_total, m_total, heads, h0)
@@ -261,20 +257,16 @@ class _Ring(torch.autograd.Function):
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
         mask, scale, softcap, topo, q_sizes, k_sizes, n_total, m_total, heads, h0 = ctx.args
-        r, me = topo.ring, topo.ring_rank
-        q_starts, k_starts = shard_starts(q_sizes), shard_starts(k_sizes)
-        nxt = global_rank(topo.ring_group, (me + 1) % r)
-        prv = global_rank(topo.ring_group, (me - 1) % r)
+        r, me, nxt, prv, q_range, k_ranges = _ring_plan(topo, q_sizes, k_sizes)
         b, hkv, _, d = k.shape
         dv = v.shape[3]
-        q_range = (q_starts[me], q_starts[me] + q_sizes[me])
         grad_out = grad_out.contiguous()
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         buf = _pack(k, v)
         acc = torch.zeros(buf.shape, dtype=torch.float32, device=buf.device)  # this block's dk, dv so far
         for step in range(r):
             src = (me - step) % r
-            k_range = (k_starts[src], k_starts[src] + k_sizes[src])
+            k_range = k_ranges[src]
             if not block_is_empty(mask, q_range, k_range, n_total, m_total):
                 ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
                 blk = _block_mask(mask, q_range[0], k_range[0], n_total, m_total, heads, h0)
@@ -296,6 +288,17 @@ class _Ring(torch.autograd.Function):
                 buf = nbuf
         dk, dv_ = _unpack(acc, b, hkv, k_sizes[me], d, dv)
         return (dq.to(q.dtype), dk.to(k.dtype), dv_.to(v.dtype)) + (None,) * 10
+
+
+def _ring_plan(topo: Topology, q_sizes: list[int], k_sizes: list[int]):
+    """This rank's place in the ring: (size, ring rank, next and previous global ranks, its query range, every
+    key super-shard's range)."""
+    r, me = topo.ring, topo.ring_rank
+    q_starts, k_starts = shard_starts(q_sizes), shard_starts(k_sizes)
+    nxt = global_rank(topo.ring_group, (me + 1) % r)
+    prv = global_rank(topo.ring_group, (me - 1) % r)
+    k_ranges = [(s, s + n) for s, n in zip(k_starts, k_sizes)]
+    return r, me, nxt, prv, (q_starts[me], q_starts[me] + q_sizes[me]), k_ranges
 
 
 def _pack(k: Tensor, v: Tensor) -> Tensor:

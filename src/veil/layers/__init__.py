@@ -1,7 +1,7 @@
 """``veil.layers``: transformer building blocks on :func:`veil.attend` (attention, positions, norms, feed-forward,
 mixture of experts, conditioning, KV cache). Layers take primitives; models take a config."""
 
-from veil.layers.attention import Attention, CrossAttention, use_sequence_parallel
+from veil.layers.attention import Attention, CrossAttention, SequenceParallelModel, use_sequence_parallel
 from veil.layers.cache import CacheView, KVCache
 from veil.layers.conditioning import (
     AdaLNZero,
@@ -27,6 +27,7 @@ from veil.layers.positions import (
 )
 
 __all__ = [
+    "SequenceParallelModel",
     "use_sequence_parallel",
     "GEGLU", "MLP", "AdaLNZero", "Attention", "CacheView", "CrossAttention", "GatedMLP", "InAttentionCondition",
     "KVCache", "LayerNorm", "MoE", "MoEAux", "Modulation", "QKNorm", "RMSNorm", "Rope3D", "RopeTable",

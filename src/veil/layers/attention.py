@@ -266,3 +266,44 @@ def use_sequence_parallel(module: nn.Module, parallel: SequenceParallel | None) 
     for m in module.modules():
         if isinstance(m, _Projections):
             m.sequence_parallel = parallel
+
+
+class SequenceParallelModel:
+    """``enable_sequence_parallel`` / ``disable_sequence_parallel`` for a model whose forward shards its tokens
+    when ``self.sequence_parallel`` is set (WanDiT, LatteDiT, DecoderLM; see :mod:`veil.distributed.parallel`).
+
+    A model provides ``_sequence_parallel_heads()`` (its attention heads) and may refuse with
+    ``_sequence_parallel_refusal()`` (a reason, or None).
+    """
+
+    sequence_parallel: SequenceParallel | None = None
+
+    def _sequence_parallel_heads(self) -> int:
+        raise NotImplementedError
+
+    def _sequence_parallel_refusal(self) -> str | None:
+        return None
+
+    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None):
+        """Split the tokens across the ranks of ``group`` (a ProcessGroup, None for the world, or a DeviceMesh).
+
+        Call it on every rank, then call the model with the same full inputs on every rank: each rank returns the
+        full output, equal to one process's. Returns ``self``.
+
+        Raises:
+            ValueError: no process group, heads that do not divide by ``ulysses``, or what the model refuses.
+        """
+        sp = SequenceParallel(group, ulysses, ring)
+        sp.check_heads(self._sequence_parallel_heads())
+        why = self._sequence_parallel_refusal()
+        if why is not None:
+            raise ValueError(why)
+        self.sequence_parallel = sp
+        use_sequence_parallel(self, sp)
+        return self
+
+    def disable_sequence_parallel(self):
+        """Back to one process: every rank computes the whole sequence. Returns ``self``."""
+        self.sequence_parallel = None
+        use_sequence_parallel(self, None)
+        return self

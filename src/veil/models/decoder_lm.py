@@ -33,7 +33,6 @@ import torch
 from torch import nn
 
 from veil import masks as M
-from veil.distributed import SequenceParallel
 from veil.layers import (
     Attention,
     GatedMLP,
@@ -42,6 +41,7 @@ from veil.layers import (
     RMSNorm,
     RopeTable,
     RotaryEmbedding,
+    SequenceParallelModel,
     use_sequence_parallel,
 )
 from veil.models.sampling import check_sampling, next_token
@@ -282,7 +282,7 @@ class LMCache(nn.Module):
         return total
 
 
-class DecoderLM(nn.Module):
+class DecoderLM(SequenceParallelModel, nn.Module):
     """Decoder-only language model (Gemma 2 / Gemma 3 architecture) with tied, ``sqrt(E)``-scaled embeddings.
 
     Args:
@@ -363,34 +363,12 @@ class DecoderLM(nn.Module):
             return rel if valid is not None else rel[0]
         return cache.next_position[:, None] + rel  # (B, L)
 
-    # --- sequence parallelism -------------------------------------------------------------------------------
-
-    sequence_parallel: SequenceParallel | None = None
-
-    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None
-                                 ) -> DecoderLM:
-        """Split the tokens of every multi-token call across the ranks of ``group`` (:mod:`veil.distributed`).
-
-        Call it on every rank, then call the model with the same full inputs on every rank: each returns the
-        full output, equal to one process's. A forward without a cache runs every attention sequence-parallel
-        (causal and sliding-window masks stay exact; a ring skips the blocks they leave empty). A prefill into a
-        cache shards the queries and gathers each layer's keys and values, so that every rank's cache holds the
-        whole prompt; decoding steps (one token) then run whole on every rank. Returns ``self``.
-
-        Raises:
-            ValueError: no process group, or heads that do not divide by ``ulysses``.
-        """
-        sp = SequenceParallel(group, ulysses, ring)
-        sp.check_heads(self.config.heads)
-        self.sequence_parallel = sp
-        use_sequence_parallel(self, sp)
-        return self
-
-    def disable_sequence_parallel(self) -> DecoderLM:
-        """Back to one process: every rank computes the whole sequence."""
-        self.sequence_parallel = None
-        use_sequence_parallel(self, None)
-        return self
+    # --- sequence parallelism (enable_sequence_parallel: SequenceParallelModel) ------------------------------
+    # A forward without a cache runs every attention sequence-parallel (the logits are computed per shard and
+    # gathered); a prefill into a cache shards the queries and gathers each layer's keys and values, so every
+    # rank's cache holds the whole prompt; decoding steps (one token) run whole on every rank.
+    def _sequence_parallel_heads(self) -> int:
+        return self.config.heads
 
     def hidden_states(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, cache: LMCache | None = None,
                       in_attn_cond: Tensor | None = None, gather: bool = True) -> Tensor:

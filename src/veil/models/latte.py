@@ -17,7 +17,6 @@ import torch
 from torch import nn
 
 from veil import masks as M
-from veil.distributed import SequenceParallel
 from veil.layers import (
     MLP,
     Attention,
@@ -25,12 +24,12 @@ from veil.layers import (
     GatedMLP,
     LayerNorm,
     Modulation,
+    SequenceParallelModel,
     TimestepEmbedding,
     gate,
     modulate,
     sincos_2d,
     sincos_from_positions,
-    use_sequence_parallel,
 )
 from veil.models.latte_config import LATTE_PRESETS, LatteConfig
 from veil.models.latte_diffusers import config_from_diffusers, state_dict_from_diffusers
@@ -137,7 +136,7 @@ class LatteBlock(nn.Module):
         return gate(x, self.mlp(modulate(self.norm2(x), m_mlp.shift, m_mlp.scale)), m_mlp.gate)
 
 
-class LatteDiT(nn.Module):
+class LatteDiT(SequenceParallelModel, nn.Module):
     """Latte: per-frame patches, alternating spatial / temporal blocks, adaLN conditioning, optional text.
 
     Blocks ``0, 2, 4, ...`` are spatial (and hold the cross-attention when ``config.text_dim`` is set), blocks
@@ -418,32 +417,11 @@ class LatteDiT(nn.Module):
             keep = keep.to(text.device)
         return self.caption_proj(text.to(self.caption_proj.linear_1.weight.dtype)), keep
 
-    # -- sequence parallelism ---------------------------------------------------------------------
-    sequence_parallel: SequenceParallel | None = None
-
-    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None
-                                 ) -> LatteDiT:
-        """Split the video tokens across the ranks of ``group`` (see :mod:`veil.distributed.parallel`).
-
-        Call it on every rank, then call the model with the same full inputs on every rank: each rank returns
-        the full output, equal to one process's. Tokens are cut after the patch embedding and gathered after the
-        final layer; the spatial and temporal blocks run sequence-parallel with their global masks (frame
-        padding included), the cross-attention against the whole text on each rank. Returns ``self``.
-
-        Raises:
-            ValueError: no process group, or heads that do not divide by ``ulysses``.
-        """
-        sp = SequenceParallel(group, ulysses, ring)
-        sp.check_heads(self.config.num_heads)
-        self.sequence_parallel = sp
-        use_sequence_parallel(self, sp)
-        return self
-
-    def disable_sequence_parallel(self) -> LatteDiT:
-        """Back to one process: every rank computes the whole sequence."""
-        self.sequence_parallel = None
-        use_sequence_parallel(self, None)
-        return self
+    # -- sequence parallelism (enable_sequence_parallel: SequenceParallelModel) ----------------
+    # Tokens are cut after the patch embedding and gathered after the final layer; frame padding stays a global
+    # mask, the cross-attention runs against the whole text on each rank.
+    def _sequence_parallel_heads(self) -> int:
+        return self.config.num_heads
 
     # -- diffusers --------------------------------------------------------------------------------
     @classmethod

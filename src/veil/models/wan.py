@@ -34,11 +34,11 @@ from veil.layers import (
     MoEAux,
     Rope3D,
     RopeTable,
+    SequenceParallelModel,
     TimestepEmbedding,
     gate,
     modulate,
     timestep_sinusoid,
-    use_sequence_parallel,
 )
 from veil.models.experts import TimestepExperts
 from veil.models.wan_config import WAN_PRESETS, AttentionPattern, WanConfig, WanMoE
@@ -152,7 +152,7 @@ class WanBlock(nn.Module):
         return gate(x, y, gate2), aux
 
 
-class WanDiT(nn.Module):
+class WanDiT(SequenceParallelModel, nn.Module):
     """Wan 2.x DiT: latent video ``[B, C, F, H, W]`` + timestep + text embeddings -> ``[B, C_out, F, H, W]``.
 
     Patches of ``patch_size`` are embedded by a Conv3d; blocks as :class:`WanBlock`; an output head with its
@@ -326,40 +326,21 @@ class WanDiT(nn.Module):
         out = self.unpatchify(out, grid)
         return (out, aux) if return_aux else out
 
-    # -- sequence parallelism ------------------------------------------------------------------------------------
-    sequence_parallel: SequenceParallel | None = None
+    # -- sequence parallelism (enable_sequence_parallel: SequenceParallelModel) --------------------------------
+    # Tokens are cut after the patch embedding (in tile order when the model uses it) and gathered after the output
+    # projection; the cross-attention runs against the whole text on each rank.
+    def _sequence_parallel_heads(self) -> int:
+        return self.config.heads
 
-    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None) -> WanDiT:
-        """Split the video tokens across the ranks of ``group`` (see :mod:`veil.distributed.parallel`).
-
-        Call it on every rank; then call the model with the same full inputs on every rank: each rank returns
-        the full output, equal to one process's. Tokens are cut after the patch embedding (in tile order when
-        the model uses it) and gathered after the output projection; every attention runs sequence-parallel with
-        its global mask, the cross-attention against the whole text on each rank. Returns ``self``.
-
-        Raises:
-            ValueError: no process group, heads that do not divide by ``ulysses``, a capacity-limited MoE (its
-                token dropping depends on which tokens share a rank), or tile order mixed with other local
-                patterns (their permutation would cross ranks).
-        """
-        sp = SequenceParallel(group, ulysses, ring)
-        sp.check_heads(self.config.heads)
+    def _sequence_parallel_refusal(self) -> str | None:
         if any(isinstance(m, MoE) and m.capacity_factor is not None for m in self.modules()):
-            raise ValueError("moe: a capacity-limited MoE drops tokens per batch of tokens, which sequence "
-                             "parallelism changes; use capacity_factor=None (dropless) to run sequence-parallel")
+            return ("moe: a capacity-limited MoE drops tokens per batch of tokens, which sequence parallelism "
+                    "changes; use capacity_factor=None (dropless) to run sequence-parallel")
         if self.config.tile() is not None and any(p.kind not in ("full", "tile_window")
                                                   for p in self.config.layer_patterns()):
-            raise ValueError("attention: tile order mixed with raster-order local patterns permutes tokens across "
-                             "ranks at every such layer; not supported under sequence parallelism")
-        self.sequence_parallel = sp
-        use_sequence_parallel(self, sp)
-        return self
-
-    def disable_sequence_parallel(self) -> WanDiT:
-        """Back to one process: every rank computes the whole sequence."""
-        self.sequence_parallel = None
-        use_sequence_parallel(self, None)
-        return self
+            return ("attention: tile order mixed with raster-order local patterns permutes tokens across ranks at "
+                    "every such layer; not supported under sequence parallelism")
+        return None
 
     # -- diffusers interop --------------------------------------------------------------------------------------
     @classmethod
