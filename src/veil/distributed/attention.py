@@ -12,10 +12,10 @@ result of one process up to float rounding, for any sequence length.
   output back. Query heads must divide by ``U``; key/value heads that do not (GQA / MQA with fewer KV heads
   than ``U``) are replicated to the ranks that need them.
 - Ring (``ring=R``): keys and values travel around the ring (``batch_isend_irecv``, the next step's transfer
-  overlapping this step's work); each step computes this rank's queries against one key shard with veil's
-  row-blocked kernel and merges the partial results by their log-sum-exp. Steps whose block the mask's
-  structure shows empty (causal above the diagonal, windows, frame-causal, spatial across frames) are
-  skipped. The backward runs its own ring: key/value gradients travel with the keys and arrive home.
+  overlapping this step's work); each step computes this rank's queries against one key shard
+  (:func:`veil.attention.partial_attention`) and merges the partial results by their log-sum-exp. Steps
+  whose block the mask's structure shows empty (causal above the diagonal, windows, frame-causal, spatial
+  across frames) are skipped. The backward runs its own ring: key/value gradients travel with the keys and arrive home.
 - Hybrid: ``ulysses * ring`` = the group size (Ulysses inside consecutive ranks, a ring across them).
 - Cross-attention to replicated text (``kv_sharded=False``): no communication at all, each rank attends its
   queries to the whole text under its rows of the mask (padded text stays masked).
@@ -69,7 +69,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
             when ``Hq`` divides by the group size, else a ring.
         kv_sharded: False when k and v are whole on every rank (no communication is needed).
         scale, softcap, backend: as in :func:`veil.attend` (``backend`` runs the Ulysses and replicated-KV paths;
-            ring steps use veil's row-blocked float32 kernel).
+            ring steps use :func:`veil.attention.partial_attention`).
         lengths: the global ``(query, key)`` lengths, when the caller knows them.
         check: compare shapes, dtypes and masks across the ranks first (one small all-gather and a host sync per
             call). ``check=False`` with ``lengths`` skips it: each rank then checks only its own shard against the
