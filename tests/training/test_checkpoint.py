@@ -143,3 +143,18 @@ def test_find_latest_resume_auto_and_prune(tmp_path):
         resolve_resume(str(tmp_path / "nope.safetensors"), tmp_path)
     prune_checkpoints(tmp_path, keep=2)
     assert sorted(p.name for p in tmp_path.glob("step-*")) == ["step-00000009.safetensors", "step-00000010.safetensors"]
+
+
+def test_resume_auto_refuses_the_other_kind_of_checkpoint(tmp_path):
+    (tmp_path / "step-00000004.safetensors").write_bytes(b"x")
+    with pytest.raises(ValueError, match="holds one-process checkpoints .step-00000004.safetensors. but no sharded"):
+        resolve_resume("auto", tmp_path, sharded=True)
+    assert resolve_resume("auto", tmp_path) == tmp_path / "step-00000004.safetensors"
+    other = tmp_path / "other"
+    (other / "step-00000006.dcp").mkdir(parents=True)
+    assert resolve_resume("auto", other) is None  # incomplete (no veil.json): not a checkpoint
+    (other / "step-00000006.dcp" / "veil.json").write_text("{}")
+    with pytest.raises(ValueError, match="holds sharded checkpoints of a multi-process run .step-00000006.dcp."):
+        resolve_resume("auto", other)
+    assert resolve_resume("auto", other, sharded=True) == other / "step-00000006.dcp"
+    assert resolve_resume("auto", tmp_path / "empty", sharded=True) is None

@@ -124,7 +124,16 @@ def resolve_resume(resume: str | os.PathLike | None, directory: str | os.PathLik
     if resume == "auto":
         if directory is None:
             raise ValueError("resume: 'auto' needs a checkpoint directory (out_dir), got none")
-        return find_latest(directory, sharded=sharded)
+        found = find_latest(directory, sharded=sharded)
+        other = find_latest(directory, sharded=not sharded)
+        if found is None and other is not None:  # never restart silently from scratch over another run's work
+            if sharded:
+                raise ValueError(f"resume: {str(directory)!r} holds one-process checkpoints ({other.name}) but no "
+                                 "sharded ones; a multi-process run resumes from step-*.dcp directories: resume it "
+                                 "with one process, or start the multi-process run in a new --out")
+            raise ValueError(f"resume: {str(directory)!r} holds sharded checkpoints of a multi-process run "
+                             f"({other.name}); resume it with torchrun and the same dp / sp settings")
+        return found
     p = Path(resume)
     if not (p.is_file() or (sharded and p.is_dir())):
         raise ValueError(f"resume: expected 'auto' or an existing checkpoint, got {str(resume)!r}")
