@@ -49,30 +49,35 @@ def _compare(q, k, v, w, mask, kv_sharded=True, **mode) -> tuple[float, float, f
     qf, kf, vf = (t.clone().requires_grad_() for t in (q, k, v))
     ref = veil.attend(qf, kf, vf, mask, backend="reference")
     (ref * w).sum().backward()
-    qs = vd.shard(q, 2).clone().requires_grad_()
-    ks, vs = ((vd.shard(t, 2) if kv_sharded else t).clone().requires_grad_() for t in (k, v))
+    layout = mode.get("layout", "contiguous")
+
+    def shard(t):
+        return vd.shard(t, 2, layout=layout)
+
+    qs = shard(q).clone().requires_grad_()
+    ks, vs = ((shard(t) if kv_sharded else t).clone().requires_grad_() for t in (k, v))
     out = vd.attend(qs, ks, vs, mask, kv_sharded=kv_sharded, **mode)
-    (out * vd.shard(w, 2)).sum().backward()
+    (out * shard(w)).sum().backward()
     # this rank's rows of the one-process gradients; replicated k, v: the gradient summed over the ranks
     dk, dv = ks.grad, vs.grad
     if kv_sharded:
-        want_dk, want_dv = vd.shard(kf.grad, 2), vd.shard(vf.grad, 2)
+        want_dk, want_dv = shard(kf.grad), shard(vf.grad)
     else:
         both = torch.cat([dk.flatten(), dv.flatten()])
         dist.all_reduce(both)
         dk, dv = both[:dk.numel()].view_as(dk), both[dk.numel():].view_as(dv)
         want_dk, want_dv = kf.grad, vf.grad
     out = out.detach()
-    return (float((out - vd.shard(ref.detach(), 2)).abs().max()) if out.numel() else 0.0,
-            float((qs.grad - vd.shard(qf.grad, 2)).abs().max()) if qs.numel() else 0.0,
+    return (float((out - shard(ref.detach())).abs().max()) if out.numel() else 0.0,
+            float((qs.grad - shard(qf.grad)).abs().max()) if qs.numel() else 0.0,
             float((dk - want_dk).abs().max()) if dk.numel() else 0.0,
             float((dv - want_dv).abs().max()) if dv.numel() else 0.0)
 
 
 def _modes(size: int) -> list[dict]:
-    modes = [dict(ulysses=size), dict(ring=size)]
+    modes = [dict(ulysses=size), dict(ring=size), dict(ring=size, layout="zigzag")]
     if size == 4:
-        modes.append(dict(ulysses=2, ring=2))
+        modes += [dict(ulysses=2, ring=2), dict(ulysses=2, ring=2, layout="zigzag")]
     return modes
 
 
@@ -104,8 +109,9 @@ def worker_masks(heads: list[tuple[int, int, int]]) -> dict[str, tuple[float, ..
         # cross-attention: video queries sharded, padded text replicated on every rank
         lengths = torch.tensor([7, 2])
         for mask in (M.key_padding(lengths), M.key_padding(lengths) & M.query_padding(torch.tensor([23, 10]))):
-            q, k, v, w = _inputs(2, 4, 2, 23, 9, seed=3)
-            worst[f"cross {mask!r}"] = _compare(q, k, v, w, mask, kv_sharded=False)
+            for layout in vd.LAYOUTS:
+                q, k, v, w = _inputs(2, 4, 2, 23, 9, seed=3)
+                worst[f"cross {mask!r} {layout}"] = _compare(q, k, v, w, mask, kv_sharded=False, layout=layout)
     return worst
 
 
@@ -120,14 +126,14 @@ def _assert_exact(results: list[dict[str, tuple[float, ...]]]):
 def test_two_processes_equal_one_for_every_mask_ulysses_and_ring():
     results = vd.spawn(worker_masks, 2, [(4, 2, 6), (2, 1, 8)], timeout=300)
     _assert_exact(results)
-    assert len(results[0]) == 2 * 2 * len(_self_masks()) + 2 + 4
+    assert len(results[0]) == 2 * 3 * len(_self_masks()) + 4 + 4
 
 
 def test_four_processes_equal_one_for_every_mask_ulysses_ring_and_hybrid():
     # (4, 1): Ulysses 4 with one key/value head, replicated to every rank; (4, 2): two ranks share each
     results = vd.spawn(worker_masks, 4, [(4, 2, 8), (4, 1, 6)], timeout=420)
     _assert_exact(results)
-    assert len(results[0]) == 2 * 3 * len(_self_masks()) + 2 + 4 + len(_self_masks())
+    assert len(results[0]) == 2 * 5 * len(_self_masks()) + 4 + 4 + len(_self_masks())
 
 
 def worker_errors() -> list[str]:
@@ -204,6 +210,11 @@ def test_shard_sizes_and_ring_skips():
     assert vd.ring_blocks(M.causal(), 64, 64, 4) == [1, 2, 3, 4]
     assert vd.ring_blocks(M.sliding_window(8), 64, 64, 4) == [1, 2, 2, 2]
     assert vd.ring_blocks(M.frame_causal((4, 2, 2)), 16, 16, 2) == [1, 2]
+    # zig-zag: rank i holds chunks i and 7 - i of 8; under causal every rank computes the same number of blocks
+    assert vd.shard_ranges(64, 4, "zigzag") == [[(0, 8), (56, 64)], [(8, 16), (48, 56)], [(16, 24), (40, 48)],
+                                                [(24, 32), (32, 40)]]
+    assert vd.ring_blocks(M.causal(), 64, 64, 4, "zigzag") == [9, 9, 9, 9]
+    assert vd.shard_sizes(23, 4, "zigzag") == [5, 6, 6, 6] and vd.shard_ranges(5, 4, "zigzag")[3] == [(3, 4), (4, 5)]
 
 
 def test_bench_counts_the_bytes_of_the_formulas_on_two_processes():
@@ -211,10 +222,11 @@ def test_bench_counts_the_bytes_of_the_formulas_on_two_processes():
 
     cfg = bench.quick(processes=(2,), masks=("causal", "window_3d"), tokens=512, repeats=1, model_layers=1)
     rows, model_rows = bench.run(cfg)
-    assert [(r.mode, r.mask) for r in rows] == [("ulysses", "causal"), ("ring", "causal"),
-                                                ("ulysses", "window_3d"), ("ring", "window_3d")]
+    assert [(r.mode, r.mask) for r in rows] == [(m, mask) for mask in ("causal", "window_3d")
+                                                for m in ("ulysses", "ring", "ring zigzag")]
     for r in rows:
         assert r.sent_fwd == r.formula_fwd > 0 and r.sent_fwd_bwd == r.formula_fwd_bwd, r
         assert r.max_diff <= TOL
-    assert rows[1].skip == 0.25  # causal over 2 shards: the block above the diagonal
+    assert rows[1].skip == 0.25 and rows[1].imbalance == 4 / 3  # causal over 2 shards: rank 1 does 2 blocks of 3
+    assert rows[2].skip == 6 / 16 and rows[2].imbalance == 1.0  # zig-zag: 4 chunks, 10 of 16 pairs, 5 per rank
     assert model_rows[0].max_diff <= 1e-5 and model_rows[0].sent > 0

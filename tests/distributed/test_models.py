@@ -62,7 +62,8 @@ def _diffs(model, run, modes) -> dict[str, tuple[float, float, float]]:
 
 
 def _modes_for(size: int) -> list[dict]:
-    return [dict(ulysses=size), dict(ring=size)] + ([dict(ulysses=2, ring=2)] if size == 4 else [])
+    return [dict(ulysses=size), dict(ring=size), dict(ring=size, layout="zigzag")] + (
+        [dict(ulysses=2, ring=2)] if size == 4 else [])
 
 
 def _modes() -> list[dict]:
@@ -107,13 +108,13 @@ def _check(results):
 def test_wan_and_latte_on_two_processes_equal_one():
     results = vd.spawn(worker_models, 2, timeout=300)
     _check(results)
-    assert len(results[0]) == 4
+    assert len(results[0]) == 6
 
 
 def test_wan_and_latte_on_four_processes_equal_one():
     results = vd.spawn(worker_models, 4, timeout=420)
     _check(results)
-    assert len(results[0]) == 6
+    assert len(results[0]) == 8
 
 
 def worker_decoder() -> dict[str, float]:

@@ -3,10 +3,11 @@
 For each process count P, mode (Ulysses, ring) and mask: the median time of this rank's attention call (forward,
 and forward + backward), the bytes each rank sent against the formula, the share of (query shard, key shard)
 blocks a ring skips because the mask leaves them empty, and the ring's load imbalance (the busiest rank's blocks
-over the mean: with contiguous shards a causal mask gives rank i i + 1 blocks). Then a small WanDiT forward +
-backward step, Ulysses over P processes against one process. Every P runs in its own group of fresh processes
-(:func:`veil.distributed.spawn`) at one torch thread each: with P processes on a 2-core machine, P > 2 shares the
-cores, so the times show the overheads of the method here, not the speed-up P devices would give.
+over the mean: with contiguous shards a causal mask gives rank i i + 1 blocks; the zig-zag layout, an early and a
+late chunk per rank, evens it out). Then a small WanDiT forward + backward step, Ulysses over P processes against
+one process. Every P runs in its own group of fresh processes (:func:`veil.distributed.spawn`) at one torch thread
+each: with P processes on a 2-core machine, P > 2 shares the cores, so the times show the overheads of the method
+here, not the speed-up P devices would give.
 
 Formulas (bytes sent by one rank per attention call, e bytes per element, n = N / P tokens per rank, Dv = D):
 Ulysses forward ``4 B H n D e (P - 1) / P`` (q, k, v in, out back), backward the same; ring forward
@@ -125,7 +126,7 @@ def _worker(cfg: Config) -> tuple[list[Row], list[ModelRow]]:
     from veil.distributed.comm import bytes_sent
 
     p = dist.get_world_size()
-    modes = ("ulysses", "ring") if p > 1 else ("one process",)
+    modes = ("ulysses", "ring", "ring zigzag") if p > 1 else ("one process",)
     rows: list[Row] = []
     for name in cfg.masks:
         n = _tokens_for(name, cfg.tokens)
@@ -134,9 +135,10 @@ def _worker(cfg: Config) -> tuple[list[Row], list[ModelRow]]:
         q, k, v = (torch.randn(1, cfg.heads, n, cfg.head_dim, generator=g) for _ in range(3))
         with torch.no_grad():
             ref = veil.attend(q, k, v, mask)
-        qs, ks, vs = (vd.shard(t, 2).clone().requires_grad_() for t in (q, k, v))
         for mode in modes:
-            kw = {} if p == 1 else {mode: p}
+            layout = "zigzag" if mode.endswith("zigzag") else "contiguous"
+            kw = {} if p == 1 else {mode.split()[0]: p, "layout": layout}
+            qs, ks, vs = (vd.shard(t, 2, layout=layout).clone().requires_grad_() for t in (q, k, v))
 
             def fwd(kw=kw, qs=qs, ks=ks, vs=vs, mask=mask):
                 with torch.no_grad():
@@ -146,17 +148,18 @@ def _worker(cfg: Config) -> tuple[list[Row], list[ModelRow]]:
                 vd.attend(qs, ks, vs, mask, **kw).sum().backward()
 
             out = fwd()
-            diff = float((out - vd.shard(ref, 2)).abs().max()) if out.numel() else 0.0
+            diff = float((out - vd.shard(ref, 2, layout=layout)).abs().max()) if out.numel() else 0.0
             bytes_sent(reset=True)
             fwd()
             sent_fwd = bytes_sent(reset=True)
             fwd_bwd()
             sent_both = bytes_sent(reset=True)
             f_ms, fb_ms = _timed(fwd, cfg.repeats), _timed(fwd_bwd, cfg.repeats)
-            formula = _formula(mode, p, 1, cfg.heads, vd.shard_sizes(n, p)[0], cfg.head_dim, 4)
-            skip = vd.ring_skips(mask, n, n, p) if mode == "ring" else 0.0
-            blocks = vd.ring_blocks(mask, n, n, p)
-            imbalance = max(blocks) / (sum(blocks) / p) if mode == "ring" and sum(blocks) else 1.0
+            formula = _formula(mode.split()[0], p, 1, cfg.heads, vd.shard_sizes(n, p)[0], cfg.head_dim, 4)
+            ring = mode.startswith("ring")
+            skip = vd.ring_skips(mask, n, n, p, layout) if ring else 0.0
+            blocks = vd.ring_blocks(mask, n, n, p, layout)
+            imbalance = max(blocks) / (sum(blocks) / p) if ring and sum(blocks) else 1.0
             rows.append(Row(p, mode, name, f_ms, fb_ms, sent_fwd, sent_both, *formula, skip, imbalance, diff))
     return rows, _model_rows(cfg, p)
 

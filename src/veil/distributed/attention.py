@@ -33,16 +33,19 @@ from veil.attention import attend as local_attend
 from veil.attention import merge_partials, partial_attention, partial_grads
 from veil.attention.api import validate
 from veil.distributed.comm import (
+    LAYOUTS,
     Topology,
     agree,
     all_to_all,
+    check_layout,
     dtype_code,
     exchange,
     fingerprint,
     global_rank,
+    local_offsets,
     require_initialized,
+    shard_ranges,
     shard_sizes,
-    shard_starts,
     topology,
 )
 from veil.masks import Mask, block_is_empty, region
@@ -53,12 +56,12 @@ Tensor = torch.Tensor
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: Any = None,
            ulysses: int | None = None, ring: int | None = None, kv_sharded: bool = True,
            scale: float | None = None, softcap: float | None = None, backend: str = "auto",
-           lengths: tuple[int, int] | None = None, check: bool = True) -> Tensor:
+           lengths: tuple[int, int] | None = None, check: bool = True, layout: str = "contiguous") -> Tensor:
     """Attention over a sequence split across the ranks of ``group``; returns this rank's rows of the output.
 
     Args:
-        q: ``[B, Hq, n, D]``, this rank's contiguous shard of the queries (shard ``i`` of the group holds rows
-            ``[i*c, min(N, (i+1)*c))``, ``c = ceil(N / size)``; :func:`veil.distributed.shard` cuts it).
+        q: ``[B, Hq, n, D]``, this rank's shard of the queries (with the default layout shard ``i`` of the group
+            holds rows ``[i*c, min(N, (i+1)*c))``, ``c = ceil(N / size)``; :func:`veil.distributed.shard` cuts it).
         k, v: ``[B, Hkv, m, D]`` / ``[B, Hkv, m, Dv]``: this rank's shards of the keys and values (same layout,
             their own global length), or with ``kv_sharded=False`` the whole keys and values, the same on every
             rank (e.g. text for cross-attention).
@@ -71,6 +74,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
         scale, softcap, backend: as in :func:`veil.attend` (``backend`` runs the Ulysses and replicated-KV paths;
             ring steps use :func:`veil.attention.partial_attention`).
         lengths: the global ``(query, key)`` lengths, when the caller knows them.
+        layout: how the sequence is cut: ``"contiguous"``, or ``"zigzag"`` (each rank holds one early and one late
+            chunk, which balances a ring under causal masks; see :mod:`veil.distributed.comm`). The keys follow
+            the same layout.
         check: compare shapes, dtypes and masks across the ranks first (one small all-gather and a host sync per
             call). ``check=False`` with ``lengths`` skips it: each rank then checks only its own shard against the
             layout, and a rank whose call differs from its peers' is no longer caught before the collectives.
@@ -102,7 +108,7 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
     (b, hq, n, d), (_, hkv, m, _), (_, _, _, dv) = shapes
     fields = {"batch": b, "query heads": hq, "key/value heads": hkv, "head dim": d, "value head dim": dv,
               "dtype": dtype_code(q.dtype) if error is None else 0, "mask": fingerprint(mask),
-              "local_q": n, "local_kv": m}
+              "layout": LAYOUTS.index(check_layout(layout)), "local_q": n, "local_kv": m}
     if not kv_sharded:
         fields["key/value length (replicated keys must be whole on every rank)"] = m
     if lengths is not None and (not isinstance(lengths, tuple) or len(lengths) != 2 or
@@ -120,8 +126,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
         if error is not None:
             raise ValueError(error)
         n_total, m_total = lengths
-        q_sizes = shard_sizes(n_total, topo.size)
-        kv_sizes = shard_sizes(m_total, topo.size) if kv_sharded else None
+        q_sizes = shard_sizes(n_total, topo.size, layout)
+        kv_sizes = shard_sizes(m_total, topo.size, layout) if kv_sharded else None
         if q_sizes[topo.index] != n or (kv_sharded and kv_sizes[topo.index] != m) or (not kv_sharded and
                                                                                       m != m_total):
             raise ValueError(f"q, k: this rank (shard {topo.index}) holds {n} queries and {m} keys; global lengths "
@@ -129,34 +135,56 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None = None, *, group: 
                              f"{kv_sizes[topo.index] if kv_sharded else m_total}")
     # from here on every rank holds the same facts, so every check below fails on all ranks alike
     for name, sizes, total in (("q", q_sizes, n_total), ("k", kv_sizes, m_total)):
-        if sizes is not None and sizes != shard_sizes(total, topo.size):
+        if sizes is not None and sizes != shard_sizes(total, topo.size, layout):
             raise ValueError(f"{name}: the ranks hold {sizes} rows (group order); a global length of {total} over "
-                             f"{topo.size} ranks is sharded as {shard_sizes(total, topo.size)} (contiguous shards of "
-                             "ceil(N / size), the last ones short): use veil.distributed.shard")
+                             f"{topo.size} ranks in the {layout!r} layout is sharded as "
+                             f"{shard_sizes(total, topo.size, layout)}: use veil.distributed.shard")
     if mask is not None:
         mask.validate(b, hq, n_total, m_total, q.device)
-    start = shard_starts(q_sizes)[topo.index]
-    if not kv_sharded:
-        return local_attend(q, k, v, _view(mask, start, 0, n_total, m_total, hq, 0, (n, m)), scale=scale,
-                            softcap=softcap, backend=backend)
+    q_ranges = shard_ranges(n_total, topo.size, layout)
+    if not kv_sharded:  # each of this rank's query ranges against the whole keys
+        outs = [local_attend(q.narrow(2, off, hi - lo), k, v,
+                             _view(mask, lo, 0, n_total, m_total, hq, 0, (hi - lo, m)),
+                             scale=scale, softcap=softcap, backend=backend)
+                for (lo, hi), off in zip(q_ranges[topo.index], local_offsets(q_ranges[topo.index]))]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
     if hq % topo.ulysses:
         raise ValueError(f"q: {hq} query heads do not divide by the Ulysses degree {topo.ulysses}; use ring= for the "
                          "rest of the group (ulysses * ring == size), or a head count that divides")
-    u_groups = [q_sizes[r * topo.ulysses:(r + 1) * topo.ulysses] for r in range(topo.ring)]
-    k_groups = [kv_sizes[r * topo.ulysses:(r + 1) * topo.ulysses] for r in range(topo.ring)]
-    if topo.ulysses > 1:
-        q, k, v, kv_heads = _seq_to_heads(q, k, v, topo, u_groups[topo.ring_rank], k_groups[topo.ring_rank])
-    h0 = topo.ulysses_rank * (hq // topo.ulysses)
-    if topo.ring == 1:
+    k_ranges = shard_ranges(m_total, topo.size, layout)
+    u = topo.ulysses
+    # what each ring member holds after its Ulysses all-to-all: its group's ranges, in rank order
+    q_members = [sum(q_ranges[r * u:(r + 1) * u], []) for r in range(topo.ring)]
+    k_members = [sum(k_ranges[r * u:(r + 1) * u], []) for r in range(topo.ring)]
+    me = topo.ring_rank
+    if u > 1:
+        q, k, v, _ = _seq_to_heads(q, k, v, topo, q_sizes[me * u:(me + 1) * u], kv_sizes[me * u:(me + 1) * u])
+    h0 = topo.ulysses_rank * (hq // u)
+    if topo.ring == 1:  # the whole sequence for these heads: one attend, in natural order
+        q_perm, k_perm = _natural(q_members[0], q.device), _natural(k_members[0], q.device)
+        if q_perm is not None:
+            q = q.index_select(2, q_perm)
+        if k_perm is not None:
+            k, v = k.index_select(2, k_perm), v.index_select(2, k_perm)
         out = local_attend(q, k, v, _view(mask, 0, 0, n_total, m_total, hq, h0, (q.shape[2], k.shape[2])),
                            scale=scale, softcap=softcap, backend=backend)
+        if q_perm is not None:
+            out = out.index_select(2, torch.argsort(q_perm))
     else:
-        q_super = [sum(s) for s in u_groups]
-        k_super = [sum(s) for s in k_groups]
-        out = _Ring.apply(q, k, v, mask, scale, softcap, topo, q_super, k_super, n_total, m_total, hq, h0)
-    if topo.ulysses > 1:
-        out = _heads_to_seq(out, topo, u_groups[topo.ring_rank])
+        out = _Ring.apply(q, k, v, mask, scale, softcap, topo, q_members, k_members, n_total, m_total, hq, h0)
+    if u > 1:
+        out = _heads_to_seq(out, topo, q_sizes[me * u:(me + 1) * u])
     return out
+
+
+def _natural(ranges: list[tuple[int, int]], device: torch.device) -> Tensor | None:
+    """The permutation that puts a concatenation of ``ranges`` in global order (None when it already is)."""
+    if all(ranges[i][1] <= ranges[i + 1][0] or ranges[i + 1][0] == ranges[i + 1][1] for i in range(len(ranges) - 1)):
+        return None
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+    offsets = local_offsets(ranges)
+    return torch.cat([torch.arange(offsets[i], offsets[i] + ranges[i][1] - ranges[i][0], device=device)
+                      for i in order])
 
 
 def _view(mask: Mask | None, q_start: int, kv_start: int, q_len: int, kv_len: int, heads: int,
@@ -220,62 +248,69 @@ def _heads_to_seq(out: Tensor, topo: Topology, q_sizes: list[int]) -> Tensor:
 
 
 class _Ring(torch.autograd.Function):
-    """Ring attention over super-shards; the backward runs a second ring carrying dk, dv home."""
+    """Ring attention; the backward runs a second ring carrying dk, dv home.
+
+    Member ``j`` of the ring holds the queries and keys of the global ranges ``q_members[j]`` / ``k_members[j]``
+    (one range for the contiguous layout, two per rank for zig-zag, concatenated in that order). Each step works
+    on every (query range, key range) pair whose block the mask leaves non-empty.
+    """
 
     @staticmethod
-    def forward(ctx, q, k, v, mask, scale, softcap, topo: Topology, q_sizes, k_sizes, n_total, m_total, heads, h0):
-        r, me, nxt, prv, q_range, k_ranges = _ring_plan(topo, q_sizes, k_sizes)
+    def forward(ctx, q, k, v, mask, scale, softcap, topo: Topology, q_members, k_members, n_total, m_total, heads,
+                h0):
+        r, me, nxt, prv = _ring_peers(topo)
         b, hkv, _, d = k.shape
         dv = v.shape[3]
+        k_sizes = [sum(hi - lo for lo, hi in ranges) for ranges in k_members]
         buf = _pack(k, v)
-        out = lse = None
+        out = q.new_zeros(*q.shape[:3], dv)
+        lse = torch.full(q.shape[:3], float("-inf"), device=q.device)
         for step in range(r):
             src = (me - step) % r
             reqs, nbuf = [], None
             if step < r - 1:
-                nsrc = (me - step - 1) % r
-                nbuf = buf.new_empty(b * hkv * k_sizes[nsrc] * (d + dv))
+                nbuf = buf.new_empty(b * hkv * k_sizes[(me - step - 1) % r] * (d + dv))
                 reqs = exchange([buf], nxt, [nbuf], prv)
-            k_range = k_ranges[src]
-            if not block_is_empty(mask, q_range, k_range, n_total, m_total):
-                ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
-                blk = _block_mask(mask, q_range[0], k_range[0], n_total, m_total, heads, h0)
-                o, s = partial_attention(q, ks, vs, blk, scale, softcap)
-                out, lse = (o, s) if out is None else merge_partials([out, o], [lse, s])
+            ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
+            for (qa, qb), qo, (ka, kb), ko in _blocks(mask, q_members[me], k_members[src], n_total, m_total):
+                blk = _block_mask(mask, qa, ka, n_total, m_total, heads, h0)
+                rows, keys = slice(qo, qo + qb - qa), slice(ko, ko + kb - ka)
+                o, s_ = partial_attention(q[:, :, rows], ks[:, :, keys], vs[:, :, keys], blk, scale, softcap)
+                out[:, :, rows], lse[:, :, rows] = merge_partials([out[:, :, rows], o], [lse[:, :, rows], s_])
             for req in reqs:
                 req.wait()
             if nbuf is not None:
                 buf = nbuf
-        if out is None:  # every block empty: rows that see no key are exactly 0
-            out = q.new_zeros(*q.shape[:3], dv)
-            lse = torch.full(q.shape[:3], float("-inf"), device=q.device)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.args = (mask, scale, softcap, topo, q_sizes, k_sizes, n_total, m_total, heads, h0)
+        ctx.args = (mask, scale, softcap, topo, q_members, k_members, n_total, m_total, heads, h0)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         q, k, v, out, lse = ctx.saved_tensors
-        mask, scale, softcap, topo, q_sizes, k_sizes, n_total, m_total, heads, h0 = ctx.args
-        r, me, nxt, prv, q_range, k_ranges = _ring_plan(topo, q_sizes, k_sizes)
+        mask, scale, softcap, topo, q_members, k_members, n_total, m_total, heads, h0 = ctx.args
+        r, me, nxt, prv = _ring_peers(topo)
         b, hkv, _, d = k.shape
         dv = v.shape[3]
+        k_sizes = [sum(hi - lo for lo, hi in ranges) for ranges in k_members]
         grad_out = grad_out.contiguous()
         dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         buf = _pack(k, v)
-        acc = torch.zeros(buf.shape, dtype=torch.float32, device=buf.device)  # this block's dk, dv so far
+        acc = torch.zeros(buf.shape, dtype=torch.float32, device=buf.device)  # the held block's dk, dv so far
         for step in range(r):
             src = (me - step) % r
-            k_range = k_ranges[src]
-            if not block_is_empty(mask, q_range, k_range, n_total, m_total):
-                ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
-                blk = _block_mask(mask, q_range[0], k_range[0], n_total, m_total, heads, h0)
-                gq, gk, gv = partial_grads(q, ks, vs, blk, scale, softcap, out, lse, grad_out, None)
-                dq += gq
-                acc += _pack(gk.float(), gv.float())
+            ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
+            dks, dvs = _unpack(acc, b, hkv, k_sizes[src], d, dv)  # views: adding to them adds to acc
+            for (qa, qb), qo, (ka, kb), ko in _blocks(mask, q_members[me], k_members[src], n_total, m_total):
+                blk = _block_mask(mask, qa, ka, n_total, m_total, heads, h0)
+                rows, keys = slice(qo, qo + qb - qa), slice(ko, ko + kb - ka)
+                gq, gk, gv = partial_grads(q[:, :, rows], ks[:, :, keys], vs[:, :, keys], blk, scale, softcap,
+                                           out[:, :, rows], lse[:, :, rows], grad_out[:, :, rows], None)
+                dq[:, :, rows] += gq
+                dks[:, :, keys] += gk
+                dvs[:, :, keys] += gv
             # pass the block and its gradient on; after the last step only the gradient moves, to its owner
-            nsrc = (me - step - 1) % r
-            nacc = acc.new_empty(b * hkv * k_sizes[nsrc] * (d + dv))
+            nacc = acc.new_empty(b * hkv * k_sizes[(me - step - 1) % r] * (d + dv))
             nbuf = buf.new_empty(nacc.numel()) if step < r - 1 else None
             if nbuf is not None:
                 reqs = exchange([acc, buf], nxt, [nacc, nbuf], prv)
@@ -290,15 +325,17 @@ class _Ring(torch.autograd.Function):
         return (dq.to(q.dtype), dk.to(k.dtype), dv_.to(v.dtype)) + (None,) * 10
 
 
-def _ring_plan(topo: Topology, q_sizes: list[int], k_sizes: list[int]):
-    """This rank's place in the ring: (size, ring rank, next and previous global ranks, its query range, every
-    key super-shard's range)."""
+def _blocks(mask, q_ranges, k_ranges, n_total, m_total):
+    """The (query range, its local offset, key range, its local offset) pairs whose block is not empty."""
+    q_offs, k_offs = local_offsets(q_ranges), local_offsets(k_ranges)
+    return [(qr, qo, kr, ko) for qr, qo in zip(q_ranges, q_offs) for kr, ko in zip(k_ranges, k_offs)
+            if not block_is_empty(mask, qr, kr, n_total, m_total)]
+
+
+def _ring_peers(topo: Topology) -> tuple[int, int, int, int]:
+    """(ring size, this member's ring rank, the next and the previous member's global ranks)."""
     r, me = topo.ring, topo.ring_rank
-    q_starts, k_starts = shard_starts(q_sizes), shard_starts(k_sizes)
-    nxt = global_rank(topo.ring_group, (me + 1) % r)
-    prv = global_rank(topo.ring_group, (me - 1) % r)
-    k_ranges = [(s, s + n) for s, n in zip(k_starts, k_sizes)]
-    return r, me, nxt, prv, (q_starts[me], q_starts[me] + q_sizes[me]), k_ranges
+    return r, me, global_rank(topo.ring_group, (me + 1) % r), global_rank(topo.ring_group, (me - 1) % r)
 
 
 def _pack(k: Tensor, v: Tensor) -> Tensor:
@@ -318,15 +355,16 @@ def _block_mask(mask, q_start, k_start, n_total, m_total, heads, h0):
                   head_start=h0)
 
 
-def ring_blocks(mask: Mask | None, n_total: int, m_total: int, size: int) -> list[int]:
-    """Key blocks each rank of a ring of ``size`` computes (the others are empty under ``mask``'s structure): the
-    ring's work per rank, whose spread is its load imbalance (causal: rank ``i`` computes ``i + 1`` blocks)."""
-    qs, ks = shard_sizes(n_total, size), shard_sizes(m_total, size)
-    q0, k0 = shard_starts(qs), shard_starts(ks)
-    return [sum(not block_is_empty(mask, (q0[i], q0[i] + qs[i]), (k0[j], k0[j] + ks[j]), n_total, m_total)
-                for j in range(size)) for i in range(size)]
+def ring_blocks(mask: Mask | None, n_total: int, m_total: int, size: int, layout: str = "contiguous") -> list[int]:
+    """Blocks of (query range, key range) pairs each rank of a ring of ``size`` computes (the others are empty
+    under ``mask``'s structure): the ring's work per rank, whose spread is its load imbalance. With the contiguous
+    layout a causal mask gives rank ``i`` ``i + 1`` blocks; the zig-zag layout evens that out."""
+    qs, ks = shard_ranges(n_total, size, layout), shard_ranges(m_total, size, layout)
+    return [sum(not block_is_empty(mask, qr, kr, n_total, m_total) for j in range(size) for qr in qs[i]
+                for kr in ks[j]) for i in range(size)]
 
 
-def ring_skips(mask: Mask | None, n_total: int, m_total: int, size: int) -> float:
-    """Fraction of the ``size x size`` (query shard, key shard) blocks a ring skips for this mask and length."""
-    return 1.0 - sum(ring_blocks(mask, n_total, m_total, size)) / float(size * size)
+def ring_skips(mask: Mask | None, n_total: int, m_total: int, size: int, layout: str = "contiguous") -> float:
+    """Fraction of the (query range, key range) blocks a ring skips for this mask, length and layout."""
+    per_rank = len(shard_ranges(n_total, size, layout)[0]) * len(shard_ranges(m_total, size, layout)[0])
+    return 1.0 - sum(ring_blocks(mask, n_total, m_total, size, layout)) / float(size * size * per_rank)

@@ -1,8 +1,10 @@
 """The collectives sequence parallelism needs, on ``torch.distributed`` (gloo on CPU, nccl on CUDA).
 
-- The layout: a sequence of ``n`` tokens over ``p`` ranks is cut into contiguous shards of ``c = ceil(n / p)``
-  tokens; shard ``i`` holds tokens ``[i*c, min(n, (i+1)*c))``. The last shards may be short or empty; nothing
-  is padded, so no mask has to hide padding and every result stays exact.
+- The layouts: a sequence of ``n`` tokens over ``p`` ranks. ``"contiguous"`` (default) cuts it into shards of
+  ``c = ceil(n / p)`` tokens, shard ``i`` holding tokens ``[i*c, min(n, (i+1)*c))``. ``"zigzag"`` cuts it into
+  ``2p`` chunks of ``ceil(n / 2p)`` and gives shard ``i`` chunks ``i`` and ``2p - 1 - i`` (one early, one late:
+  under a causal mask every rank of a ring then does the same work). The last pieces may be short or empty;
+  nothing is padded, so no mask has to hide padding and every result stays exact.
 - :func:`shard` / :func:`gather`: cut a full tensor into this rank's shard, and put the shards back together.
 - :class:`Topology`: the sequence-parallel group split into Ulysses groups (all-to-all over heads) and ring
   groups (keys and values passed around), ``ulysses * ring = size``.
@@ -26,19 +28,43 @@ from veil.masks import Mask
 Tensor = torch.Tensor
 
 
-def shard_sizes(n: int, parts: int) -> list[int]:
-    """Token counts of the ``parts`` contiguous shards of ``n`` tokens (``ceil(n / parts)`` each, the last
-    ones short or empty)."""
-    c = -(-n // parts)
-    return [max(0, min(c, n - i * c)) for i in range(parts)]
+LAYOUTS = ("contiguous", "zigzag")
+Ranges = list[tuple[int, int]]
 
 
-def shard_starts(sizes: list[int]) -> list[int]:
-    starts, s = [], 0
-    for n in sizes:
-        starts.append(s)
-        s += n
-    return starts
+def check_layout(layout: str) -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    return layout
+
+
+def _pieces(n: int, count: int) -> Ranges:
+    c = -(-n // count) if count else 0
+    return [(min(n, i * c), min(n, (i + 1) * c)) for i in range(count)]
+
+
+def shard_ranges(n: int, parts: int, layout: str = "contiguous") -> list[Ranges]:
+    """For each of ``parts`` shards of ``n`` tokens, the global ``[start, stop)`` ranges it holds, in the order
+    the shard concatenates them (see the layouts in this module's docstring)."""
+    check_layout(layout)
+    if layout == "contiguous":
+        return [[r] for r in _pieces(n, parts)]
+    chunks = _pieces(n, 2 * parts)
+    return [[chunks[i], chunks[2 * parts - 1 - i]] for i in range(parts)]
+
+
+def shard_sizes(n: int, parts: int, layout: str = "contiguous") -> list[int]:
+    """Token counts of the ``parts`` shards of ``n`` tokens."""
+    return [sum(b - a for a, b in ranges) for ranges in shard_ranges(n, parts, layout)]
+
+
+def local_offsets(ranges: Ranges) -> list[int]:
+    """Where each global range starts in the tensor that concatenates them."""
+    out, s = [], 0
+    for a, b in ranges:
+        out.append(s)
+        s += b - a
+    return out
 
 
 def require_initialized(what: str) -> None:
@@ -182,34 +208,43 @@ def group_index(group=None) -> tuple[int, int]:
     return dist.get_rank(pg), dist.get_world_size(pg)
 
 
-def shard(x: Tensor, dim: int = 2, group=None) -> Tensor:
-    """This rank's contiguous shard of ``x`` along ``dim`` (see the layout in this module's docstring)."""
+def _take(x: Tensor, dim: int, ranges: Ranges) -> Tensor:
+    parts = [x.narrow(dim, a, b - a) for a, b in ranges]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=dim)
+
+
+def shard(x: Tensor, dim: int = 2, group=None, layout: str = "contiguous") -> Tensor:
+    """This rank's shard of ``x`` along ``dim`` (see the layouts in this module's docstring)."""
     index, size = group_index(group)
-    sizes = shard_sizes(x.shape[dim], size)
-    return x.narrow(dim, shard_starts(sizes)[index], sizes[index])
+    return _take(x, dim, shard_ranges(x.shape[dim], size, layout)[index])
 
 
 class _Gather(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, dim, sizes, index, pg):
-        ctx.args = (dim, sizes, index)
+    def forward(ctx, x, dim, ranges, index, pg):
+        ctx.args = (dim, ranges, index)
+        sizes = [sum(b - a for a, b in r) for r in ranges]
         c = max(sizes)
         pad = list(x.shape)
         pad[dim] = c - x.shape[dim]
         padded = torch.cat([x, x.new_zeros(pad)], dim=dim).contiguous() if pad[dim] else x.contiguous()
         parts = [torch.empty_like(padded) for _ in sizes]
         dist.all_gather(parts, padded, group=pg)
-        return torch.cat([p.narrow(dim, 0, n) for p, n in zip(parts, sizes)], dim=dim)
+        pieces = []  # (global start, tensor) of every range of every rank, then in global order
+        for part, rank_ranges in zip(parts, ranges):
+            for (a, b), off in zip(rank_ranges, local_offsets(rank_ranges)):
+                pieces.append((a, part.narrow(dim, off, b - a)))
+        return torch.cat([t for _, t in sorted(pieces, key=lambda p: p[0])], dim=dim)
 
     @staticmethod
     def backward(ctx, grad):
-        dim, sizes, index = ctx.args
+        dim, ranges, index = ctx.args
         # every rank uses the gathered tensor the same way, so its gradient of this rank's rows is already here
-        return grad.narrow(dim, shard_starts(sizes)[index], sizes[index]).contiguous(), None, None, None, None
+        return _take(grad, dim, ranges[index]).contiguous(), None, None, None, None
 
 
-def gather(x: Tensor, dim: int = 2, group=None, *, total: int | None = None) -> Tensor:
-    """Concatenate every rank's shard along ``dim``: the full tensor, on every rank.
+def gather(x: Tensor, dim: int = 2, group=None, *, total: int | None = None, layout: str = "contiguous") -> Tensor:
+    """Put every rank's shard back in order along ``dim``: the full tensor, on every rank.
 
     The backward keeps this rank's rows of the incoming gradient: it is meant for the replicated use in which
     every rank of the group computes the same thing from the gathered tensor (then that gradient is already
@@ -217,6 +252,7 @@ def gather(x: Tensor, dim: int = 2, group=None, *, total: int | None = None) -> 
 
     Args:
         total: the full length along ``dim`` (default: found with one small all-gather of the shard lengths).
+        layout: how the shards were cut (:func:`shard`'s ``layout``).
     """
     index, size = group_index(group)
     if group is not None and type(group).__name__ == "DeviceMesh":
@@ -231,11 +267,12 @@ def gather(x: Tensor, dim: int = 2, group=None, *, total: int | None = None) -> 
         parts = [torch.empty_like(mine) for _ in range(size)]
         dist.all_gather(parts, mine, group=pg)
         total = int(sum(int(p) for p in parts))
-    sizes = shard_sizes(total, size)
-    if x.shape[dim] != sizes[index]:
-        raise ValueError(f"x: expected this rank's shard of {sizes[index]} along dim {dim} (total {total} over {size} "
-                         f"ranks), got {x.shape[dim]}")
-    return _Gather.apply(x, dim, sizes, index, pg)
+    ranges = shard_ranges(total, size, layout)
+    expected = sum(b - a for a, b in ranges[index])
+    if x.shape[dim] != expected:
+        raise ValueError(f"x: expected this rank's shard of {expected} along dim {dim} (total {total} over {size} "
+                         f"ranks, layout {layout!r}), got {x.shape[dim]}")
+    return _Gather.apply(x, dim, ranges, index, pg)
 
 
 class _AllToAll(torch.autograd.Function):

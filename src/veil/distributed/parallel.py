@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import nn
 
 from veil.distributed.attention import attend
-from veil.distributed.comm import gather, group_index, require_initialized, shard, topology
+from veil.distributed.comm import check_layout, gather, group_index, require_initialized, shard, topology
 from veil.masks import Mask
 
 Tensor = torch.Tensor
@@ -34,14 +34,18 @@ class SequenceParallel:
     Attributes:
         group: a ProcessGroup (default: the world), a 1D DeviceMesh, or a 2D DeviceMesh ("ring", "ulysses").
         ulysses, ring: the degrees (``ulysses * ring`` = the group size; default chosen per call from the heads).
+        layout: "contiguous" shards, or "zigzag" (an early and a late chunk per rank: a ring under a causal mask
+            then gives every rank the same work; see :mod:`veil.distributed.comm`).
     """
 
     group: Any = None
     ulysses: int | None = None
     ring: int | None = None
+    layout: str = "contiguous"
 
     def __post_init__(self) -> None:
         require_initialized("sequence parallel")
+        check_layout(self.layout)
         for name in ("ulysses", "ring"):
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
@@ -59,15 +63,15 @@ class SequenceParallel:
                              f"choose ulysses dividing {heads} and ring = size / ulysses")
 
     def shard(self, x: Tensor, dim: int = 1) -> Tensor:
-        return shard(x, dim, self.group)
+        return shard(x, dim, self.group, self.layout)
 
     def gather(self, x: Tensor, total: int | None = None, dim: int = 1) -> Tensor:
-        return gather(x, dim, self.group, total=total)
+        return gather(x, dim, self.group, total=total, layout=self.layout)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, *, kv_sharded: bool, scale: float | None,
                softcap: float | None, backend: str) -> Tensor:
         return attend(q, k, v, mask, group=self.group, ulysses=self.ulysses, ring=self.ring, kv_sharded=kv_sharded,
-                      scale=scale, softcap=softcap, backend=backend)
+                      scale=scale, softcap=softcap, backend=backend, layout=self.layout)
 
     def reduce_gradients(self, model: nn.Module) -> None:
         """Sum every parameter's gradient over the group (one collective for all of them)."""
@@ -84,7 +88,7 @@ class SequenceParallel:
 
 
 def enable_sequence_parallel(module: nn.Module, group: Any = None, *, ulysses: int | None = None,
-                             ring: int | None = None) -> nn.Module:
+                             ring: int | None = None, layout: str = "contiguous") -> nn.Module:
     """``enable_sequence_parallel`` on ``module`` or, for a wrapper (an x-prediction head, a text normaliser, a
     pair of experts), on every model inside it that has the method; returns ``module``.
 
@@ -96,5 +100,5 @@ def enable_sequence_parallel(module: nn.Module, group: Any = None, *, ulysses: i
         raise ValueError(f"model: {type(module).__name__} holds no model that can run sequence-parallel "
                          "(enable_sequence_parallel: WanDiT, LatteDiT, DecoderLM)")
     for m in targets:
-        m.enable_sequence_parallel(group, ulysses=ulysses, ring=ring)
+        m.enable_sequence_parallel(group, ulysses=ulysses, ring=ring, layout=layout)
     return module

@@ -284,8 +284,10 @@ class SequenceParallelModel:
     def _sequence_parallel_refusal(self) -> str | None:
         return None
 
-    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None):
-        """Split the tokens across the ranks of ``group`` (a ProcessGroup, None for the world, or a DeviceMesh).
+    def enable_sequence_parallel(self, group=None, *, ulysses: int | None = None, ring: int | None = None,
+                                 layout: str = "contiguous"):
+        """Split the tokens across the ranks of ``group`` (a ProcessGroup, None for the world, or a DeviceMesh),
+        ``ulysses`` / ``ring`` ways, in the ``"contiguous"`` or ``"zigzag"`` layout (:class:`SequenceParallel`).
 
         Call it on every rank, then call the model with the same full inputs on every rank: each rank returns the
         full output, equal to one process's. Returns ``self``.
@@ -293,7 +295,7 @@ class SequenceParallelModel:
         Raises:
             ValueError: no process group, heads that do not divide by ``ulysses``, or what the model refuses.
         """
-        sp = SequenceParallel(group, ulysses, ring)
+        sp = SequenceParallel(group, ulysses, ring, layout)
         sp.check_heads(self._sequence_parallel_heads())
         why = self._sequence_parallel_refusal()
         if why is not None:

@@ -233,13 +233,13 @@ class TextToVideo:
         self.extra: dict[str, Any] = {}
 
     def enable_sequence_parallel(self, group: Any = None, *, ulysses: int | None = None,
-                                 ring: int | None = None) -> TextToVideo:
+                                 ring: int | None = None, layout: str = "contiguous") -> TextToVideo:
         """Run the denoiser sequence-parallel over ``group`` (default: every process; see :mod:`veil.distributed`).
 
         Every rank then calls the pipeline with the same arguments and gets the same video, the one a single
         process makes (the noise comes from the seed, the text encoder runs whole on each rank). Returns ``self``.
         """
-        enable_sequence_parallel(self.model, group, ulysses=ulysses, ring=ring)
+        enable_sequence_parallel(self.model, group, ulysses=ulysses, ring=ring, layout=layout)
         return self
 
     @classmethod
