@@ -1,7 +1,8 @@
 """Sequence-parallel attention whose masks stay exact: Ulysses, ring, and both at once.
 
-Every rank holds a contiguous shard of the sequence (see :mod:`veil.distributed.comm` for the layout: shards
-of ``ceil(n / p)`` tokens, the last ones short, nothing padded) and passes the *global* mask. Each piece of
+Every rank holds a shard of the sequence (see :mod:`veil.distributed.comm` for the layouts: contiguous shards
+of ``ceil(n / p)`` tokens, or zig-zag pairs of chunks; the last pieces short, nothing padded) and passes the
+*global* mask. Each piece of
 work evaluates the global mask at its global positions (:func:`veil.masks.region`), so every mask the
 language can express (causal, windows, padding, documents, video masks, ...) gives, forward and backward, the
 result of one process up to float rounding, for any sequence length.
@@ -15,7 +16,8 @@ result of one process up to float rounding, for any sequence length.
   overlapping this step's work); each step computes this rank's queries against one key shard
   (:func:`veil.attention.partial_attention`) and merges the partial results by their log-sum-exp. Steps
   whose block the mask's structure shows empty (causal above the diagonal, windows, frame-causal, spatial
-  across frames) are skipped. The backward runs its own ring: key/value gradients travel with the keys and arrive home.
+  across frames) are skipped; the zig-zag layout spreads what is left evenly under causal masks. The backward
+  runs its own ring: key/value gradients travel with the keys and arrive home.
 - Hybrid: ``ulysses * ring`` = the group size (Ulysses inside consecutive ranks, a ring across them).
 - Cross-attention to replicated text (``kv_sharded=False``): no communication at all, each rank attends its
   queries to the whole text under its rows of the mask (padded text stays masked).
