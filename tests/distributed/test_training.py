@@ -164,3 +164,56 @@ def _start_weights(mode: str) -> bool:
 def test_every_rank_starts_from_rank_0s_weights():
     for mode in ("ddp", "fsdp"):
         assert vd.spawn(_start_weights, 2, mode) == [True, True], mode
+
+
+def _moe_steps(mode: str) -> list[float]:
+    from veil.diffusion import FlowMatching
+    from veil.models import WanConfig, WanDiT, WanMoE
+    from veil.training import TrainConfig, Trainer
+
+    cfg = WanConfig(patch_size=(1, 2, 2), in_channels=4, out_channels=4, dim=32, heads=2, num_layers=2, ffn_dim=32,
+                    text_dim=8, freq_dim=16, feed_forward="moe", moe=WanMoE(num_experts=8, top_k=1))
+    g = torch.Generator().manual_seed(0)
+    data = [{"latents": torch.randn(4, 2, 4, 4, generator=g), "context": torch.randn(3, 8, generator=g)}
+            for _ in range(8)]
+    trainer = Trainer(lambda: WanDiT(cfg), FlowMatching(), data,
+                      TrainConfig(steps=3, batch_size=2, dp=mode, progress=False, tensorboard=False, seed=1))
+    return trainer.train()
+
+
+def test_mixture_of_experts_trains_data_parallel_with_experts_left_unused():
+    # 8 experts, top-1, 8 tokens per rank: some experts get no token on a rank in a step
+    want = vd.spawn(_moe_steps, 1, "ddp")[0]
+    for mode in ("ddp", "fsdp"):
+        for losses in vd.spawn(_moe_steps, 2, mode):
+            assert len(losses) == 3 and max(abs(a - b) for a, b in zip(losses, want)) <= TOL, mode
+
+
+def _expert_steps(mode: str) -> list[float]:
+    from tests.diffusion.nets import TinyDenoiser
+    from veil.diffusion import FlowMatching
+    from veil.models import TimestepExperts
+    from veil.training import TrainConfig, Trainer
+
+    g = torch.Generator().manual_seed(0)
+    data = [{"latents": torch.randn(4, 2, 3, 3, generator=g), "context": torch.randn(3, 8, generator=g)}
+            for _ in range(8)]
+    # boundary 0.5: with one sample per rank, each rank uses one expert per step and leaves the other unused
+    trainer = Trainer(lambda: TimestepExperts(TinyDenoiser(), TinyDenoiser(), boundary=0.5), FlowMatching(), data,
+                      TrainConfig(steps=4, batch_size=2, dp=mode, progress=False, tensorboard=False, seed=3))
+    return trainer.train()
+
+
+def _expert_steps_or_error(mode: str) -> list[float] | str:
+    try:
+        return _expert_steps(mode)
+    except ValueError as e:
+        return str(e)
+
+
+def test_timestep_experts_train_data_parallel():
+    want = vd.spawn(_expert_steps, 1, "ddp")[0]
+    for losses in vd.spawn(_expert_steps, 2, "ddp"):  # DDP is told that a rank may leave an expert unused
+        assert len(losses) == 4 and max(abs(a - b) for a, b in zip(losses, want)) <= TOL
+    for message in vd.spawn(_expert_steps_or_error, 2, "fsdp"):
+        assert "dp: 'fsdp' cannot shard TimestepExperts" in message

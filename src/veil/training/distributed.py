@@ -33,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from veil.distributed import enable_sequence_parallel
+from veil.models.experts import TimestepExperts
 from veil.training.ema import EMA
 
 __all__ = ["Parallel", "load_sharded", "save_sharded", "setup_parallel", "unwrap"]
@@ -115,9 +116,19 @@ def wrap(model: nn.Module, par: Parallel, device: torch.device) -> nn.Module:
     if par.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Wan 2.2's two experts: a rank whose samples all sit on one side of the boundary leaves the other expert
+        # without gradients, which DDP must be told to expect
+        unused = any(isinstance(m, TimestepExperts) for m in model.modules())
+        return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                       find_unused_parameters=unused)
     from torch.distributed.fsdp import fully_shard
 
+    if any(isinstance(m, TimestepExperts) for m in model.modules()):
+        # a rank whose samples all go to one expert never runs the other's sharded blocks, so their gradient
+        # collectives would be missing on that rank and pair up wrongly with the next ones
+        raise ValueError("dp: 'fsdp' cannot shard TimestepExperts (a rank may leave one expert unused in a step, and "
+                         "FSDP2's per-block collectives then differ between ranks); use dp='ddp', or shard each "
+                         "expert's training separately")
     # DDP starts every rank from rank 0's weights; FSDP2 shards each rank's own copy, so make them rank 0's first
     # (a model passed in, rather than built from the seed by the trainer, may differ between ranks)
     with torch.no_grad():
