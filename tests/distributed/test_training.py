@@ -50,6 +50,7 @@ def one_process(tmp_path_factory) -> tuple[Path, list[str]]:
     ("ddp", 2, ["dp=ddp"]),
     ("fsdp", 2, ["dp=fsdp"]),
     ("sp2", 2, ["sp=2"]),  # one data-parallel group of two sequence-parallel ranks
+    ("sp2_zigzag", 2, ["sp=2", "sp_layout=zigzag", "dp=fsdp"]),
     ("fsdp_sp2_x2", 4, ["dp=fsdp", "sp=2"]),  # two data-parallel groups of two sequence-parallel ranks
 ])
 def test_several_processes_train_with_the_losses_of_one(one_process, tmp_path, name, nprocs, extra):

@@ -54,6 +54,7 @@ class Parallel:
     sp_group: Any  # the ProcessGroup of this rank's sequence-parallel group (None when sp == 1)
     mesh: Any = None  # the FSDP2 device mesh
     device: torch.device = torch.device("cpu")  # where collectives of plain values run (nccl: the GPU)
+    layout: str = "contiguous"  # how the sequence-parallel groups split the tokens
 
     @property
     def is_main(self) -> bool:
@@ -71,7 +72,8 @@ class Parallel:
         return float(t) / self.world
 
 
-def setup_parallel(mode: DataParallel, sp: int, batch_size: int, device: torch.device) -> Parallel | None:
+def setup_parallel(mode: DataParallel, sp: int, batch_size: int, device: torch.device,
+                   layout: str = "contiguous") -> Parallel | None:
     """The run's :class:`Parallel` when ``torch.distributed`` is initialised with more than one process.
 
     Raises:
@@ -102,7 +104,7 @@ def setup_parallel(mode: DataParallel, sp: int, batch_size: int, device: torch.d
         from torch.distributed.device_mesh import init_device_mesh
 
         mesh = init_device_mesh(device.type, (world,))
-    return Parallel(world, rank, dp, rank // sp, sp, mode, sp_group, mesh, device)
+    return Parallel(world, rank, dp, rank // sp, sp, mode, sp_group, mesh, device, layout)
 
 
 def wrap(model: nn.Module, par: Parallel, device: torch.device) -> nn.Module:
@@ -112,7 +114,7 @@ def wrap(model: nn.Module, par: Parallel, device: torch.device) -> nn.Module:
         ValueError: ``sp > 1`` for a model without ``enable_sequence_parallel``.
     """
     if par.sp > 1:  # the model, or the models inside a wrapper (e.g. an x-prediction or expert wrapper)
-        enable_sequence_parallel(model, par.sp_group)
+        enable_sequence_parallel(model, par.sp_group, layout=par.layout)
     if par.mode == "ddp":
         from torch.nn.parallel import DistributedDataParallel
 

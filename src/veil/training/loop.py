@@ -73,6 +73,8 @@ class TrainConfig:
             ``fully_shard`` per block); ``batch_size`` is then the global batch, split over the data-parallel
             groups. Ignored in one process.
         sp: processes per sequence-parallel group (the model's tokens are split across them; 1 = none).
+        sp_layout: how the tokens are split: "contiguous" or "zigzag" (balances ring attention under causal
+            masks; see :mod:`veil.distributed.comm`).
 
     Raises:
         ValueError: a field out of range.
@@ -102,6 +104,7 @@ class TrainConfig:
     deterministic: bool = False
     dp: Literal["ddp", "fsdp"] = "ddp"
     sp: int = 1
+    sp_layout: Literal["contiguous", "zigzag"] = "contiguous"
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -125,6 +128,8 @@ class TrainConfig:
             raise ValueError(f"dp: expected 'ddp' or 'fsdp', got {self.dp!r}")
         if isinstance(self.sp, bool) or not isinstance(self.sp, int) or self.sp < 1:
             raise ValueError(f"sp: expected a positive int, got {self.sp!r}")
+        if self.sp_layout not in ("contiguous", "zigzag"):
+            raise ValueError(f"sp_layout: expected 'contiguous' or 'zigzag', got {self.sp_layout!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -206,7 +211,7 @@ class Trainer:
             model = built
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         model = model.to(self.device)
-        self.parallel = setup_parallel(config.dp, config.sp, config.batch_size, self.device)
+        self.parallel = setup_parallel(config.dp, config.sp, config.batch_size, self.device, config.sp_layout)
         self.module = model  # the model itself; self.model is what runs (wrapped for DDP)
         if self.parallel is not None:
             model = wrap(model, self.parallel, self.device)

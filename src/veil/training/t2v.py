@@ -59,8 +59,8 @@ class T2VConfig:
             checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`); ``threads``: torch
             CPU threads (0 = torch's default; 2 on an idle 2-core machine, where the preset steps 1.8x faster than
             on one thread; 1 when other jobs share the CPU).
-        dp, sp: under ``torchrun``: "ddp" or "fsdp", and the processes per sequence-parallel group (see
-            :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
+        dp, sp, sp_layout: under ``torchrun``: "ddp" or "fsdp", the processes per sequence-parallel group and how
+            they split the tokens (see :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
     """
 
     dim: int = 192
@@ -101,6 +101,7 @@ class T2VConfig:
     threads: int = 2
     dp: str = "ddp"
     sp: int = 1
+    sp_layout: str = "contiguous"
 
     def __post_init__(self) -> None:
         self.patch = tuple(self.patch)  # type: ignore[assignment]
@@ -123,7 +124,8 @@ class T2VConfig:
                            grad_clip=self.grad_clip, ema_decay=self.ema_decay, text_dropout=self.text_dropout,
                            weight_decay=self.weight_decay, seed=self.seed, log_every=self.log_every,
                            checkpoint_every=self.checkpoint_every, out_dir=out_dir, resume=resume, progress=progress,
-                           tensorboard=False, dp=typing.cast(Any, self.dp), sp=self.sp)
+                           tensorboard=False, dp=typing.cast(Any, self.dp), sp=self.sp,
+                           sp_layout=typing.cast(Any, self.sp_layout))
 
 
 def _text_dim(name: str) -> int:
