@@ -60,6 +60,20 @@ def _scores(qf: Tensor, kf: Tensor, allowed: Tensor | None, scale: float, softca
     return s, t
 
 
+def _row_blocks(q: Tensor, kf: Tensor, mask: Mask | None, scale: float, softcap: float | None, kn: int):
+    """For each block of rows ``[q0, q1)``: ``(q0, q1, qf, s, t)`` with ``qf`` the float32 queries
+    ``(B, Hkv, G, rows, D)`` and ``s``, ``t`` as :func:`_scores` (``kf``: float32 keys ``(B, Hkv, 1, K, D)``)."""
+    b, hq, qn, _ = q.shape
+    hkv = kf.shape[1]
+    g = hq // hkv
+    step = _rows_per_block(b, hq, kn)
+    for q0 in range(0, qn, step):
+        q1 = min(qn, q0 + step)
+        qf = q[:, :, q0:q1].float().unflatten(1, (hkv, g))  # (B, Hkv, G, rows, D)
+        s, t = _scores(qf, kf, _allowed(mask, b, hq, qn, kn, q0, q1, hkv, g, q.device), scale, softcap)
+        yield q0, q1, qf, s, t
+
+
 def _finite(lse: Tensor) -> Tensor:
     return torch.where(torch.isinf(lse), torch.zeros((), device=lse.device), lse)
 
@@ -143,8 +157,7 @@ def partial_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale:
         (``-inf`` there).
     """
     b, hq, qn, _ = q.shape
-    hkv, kn = k.shape[1], k.shape[2]
-    g = hq // hkv
+    kn = k.shape[2]
     out = q.new_empty(b, hq, qn, v.shape[-1])
     lse = torch.empty(b, hq, qn, dtype=torch.float32, device=q.device)
     if qn == 0:
@@ -155,11 +168,7 @@ def partial_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale:
         return out, lse
     with torch.no_grad():
         kf, vf = k.float().unsqueeze(2), v.float().unsqueeze(2)  # (B, Hkv, 1, K, D)
-        step = _rows_per_block(b, hq, kn)
-        for q0 in range(0, qn, step):
-            q1 = min(qn, q0 + step)
-            qf = q[:, :, q0:q1].float().unflatten(1, (hkv, g))  # (B, Hkv, G, rows, D)
-            s, _ = _scores(qf, kf, _allowed(mask, b, hq, qn, kn, q0, q1, hkv, g, q.device), scale, softcap)
+        for q0, q1, _, s, _ in _row_blocks(q, kf, mask, scale, softcap, kn):
             block_lse = torch.logsumexp(s, dim=-1)  # -inf on rows with no key
             p = torch.exp(s - _finite(block_lse).unsqueeze(-1))  # 0 where masked
             out[:, :, q0:q1] = torch.matmul(p, vf).flatten(1, 2).to(out.dtype)
@@ -191,11 +200,7 @@ def partial_grads(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: flo
     dv = torch.zeros(v.shape, dtype=torch.float32, device=q.device)
     with torch.no_grad():
         kf, vf = k.float().unsqueeze(2), v.float().unsqueeze(2)  # (B, Hkv, 1, K, D)
-        step = _rows_per_block(b, hq, kn)
-        for q0 in range(0, qn, step):
-            q1 = min(qn, q0 + step)
-            qf = q[:, :, q0:q1].float().unflatten(1, (hkv, g))  # (B, Hkv, G, rows, D)
-            s, t = _scores(qf, kf, _allowed(mask, b, hq, qn, kn, q0, q1, hkv, g, q.device), scale, softcap)
+        for q0, q1, qf, s, t in _row_blocks(q, kf, mask, scale, softcap, kn):
             row_lse = lse[:, :, q0:q1].float().unflatten(1, (hkv, g))
             p = torch.exp(s - _finite(row_lse).unsqueeze(-1))  # (B, Hkv, G, rows, K); 0 where masked / empty
             p = torch.where(torch.isinf(row_lse).unsqueeze(-1), torch.zeros((), device=p.device), p)

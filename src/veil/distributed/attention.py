@@ -275,7 +275,7 @@ class _Ring(torch.autograd.Function):
                 reqs = exchange([buf], nxt, [nbuf], prv)
             ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
             for (qa, qb), qo, (ka, kb), ko in _blocks(mask, q_members[me], k_members[src], n_total, m_total):
-                blk = _block_mask(mask, qa, ka, n_total, m_total, heads, h0)
+                blk = _view(mask, qa, ka, n_total, m_total, heads, h0, (qb - qa, kb - ka))
                 rows, keys = slice(qo, qo + qb - qa), slice(ko, ko + kb - ka)
                 o, s_ = partial_attention(q[:, :, rows], ks[:, :, keys], vs[:, :, keys], blk, scale, softcap)
                 out[:, :, rows], lse[:, :, rows] = merge_partials([out[:, :, rows], o], [lse[:, :, rows], s_])
@@ -304,7 +304,7 @@ class _Ring(torch.autograd.Function):
             ks, vs = _unpack(buf, b, hkv, k_sizes[src], d, dv)
             dks, dvs = _unpack(acc, b, hkv, k_sizes[src], d, dv)  # views: adding to them adds to acc
             for (qa, qb), qo, (ka, kb), ko in _blocks(mask, q_members[me], k_members[src], n_total, m_total):
-                blk = _block_mask(mask, qa, ka, n_total, m_total, heads, h0)
+                blk = _view(mask, qa, ka, n_total, m_total, heads, h0, (qb - qa, kb - ka))
                 rows, keys = slice(qo, qo + qb - qa), slice(ko, ko + kb - ka)
                 gq, gk, gv = partial_grads(q[:, :, rows], ks[:, :, keys], vs[:, :, keys], blk, scale, softcap,
                                            out[:, :, rows], lse[:, :, rows], grad_out[:, :, rows], None)
@@ -347,14 +347,6 @@ def _pack(k: Tensor, v: Tensor) -> Tensor:
 def _unpack(buf: Tensor, b: int, h: int, n: int, d: int, dv: int) -> tuple[Tensor, Tensor]:
     a = b * h * n * d
     return buf[:a].view(b, h, n, d), buf[a:a + b * h * n * dv].view(b, h, n, dv)
-
-
-def _block_mask(mask, q_start, k_start, n_total, m_total, heads, h0):
-    # the global mask was validated once by attend; region() only shifts its positions
-    if mask is None:
-        return None
-    return region(mask, q_start=q_start, kv_start=k_start, q_len=n_total, kv_len=m_total, heads=heads,
-                  head_start=h0)
 
 
 def ring_blocks(mask: Mask | None, n_total: int, m_total: int, size: int, layout: str = "contiguous") -> list[int]:
