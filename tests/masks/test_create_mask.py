@@ -121,15 +121,22 @@ def test_block_mask_is_cached():
     from veil.masks.flex import clear_cache
 
     clear_cache()
-    mask = M.causal() & M.key_padding(torch.tensor([5, 8]))
+    lengths = torch.tensor([5, 8])
+    mask = M.causal() & M.key_padding(lengths)
     first = mask.to_block_mask(2, 1, 8, 8, block_size=2)
     assert mask.to_block_mask(2, 1, 8, 8, block_size=2) is first
-    # an equal mask built again hits the same entry (masks compare by value)
-    again = M.causal() & M.key_padding(torch.tensor([5, 8]))
-    assert again.to_block_mask(2, 1, 8, 8, block_size=2) is first
+    # a mask built again from the same tensor hits the same entry (caches key on tensor identity, not values:
+    # a lookup never copies a tensor to the host)
+    again = M.causal() & M.key_padding(lengths)
+    assert again == mask and again.to_block_mask(2, 1, 8, 8, block_size=2) is first
     # another shape, block size or length tensor is another block mask
     assert mask.to_block_mask(2, 1, 8, 8, block_size=4) is not first
-    assert (M.causal() & M.key_padding(torch.tensor([5, 7]))).to_block_mask(2, 1, 8, 8, block_size=2) is not first
+    assert (M.causal() & M.key_padding(torch.tensor([5, 8]))).to_block_mask(2, 1, 8, 8, block_size=2) is not first
+    # the same tensor changed in place is a new entry, with the new values
+    lengths[0] = 2
+    changed = mask.to_block_mask(2, 1, 8, 8, block_size=2)
+    assert changed is not first
+    assert changed.to_dense()[0, 0].tolist() == [[1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0]]
 
 
 def test_block_mask_of_a_batch_independent_mask_broadcasts():

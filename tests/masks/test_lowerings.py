@@ -272,11 +272,20 @@ def test_tile_order_helpers_check_the_length():
         M.from_tile_order(torch.zeros(1, 15, 2), (1, 4, 4), (1, 2, 2))
 
 
-def test_masks_keep_a_private_copy_of_their_tensors():
+def test_masks_hold_their_tensors_and_caches_see_in_place_changes():
+    import veil
+
     lengths = torch.tensor([2, 3])
     keep = torch.tensor([[True, False, True]])
     m, km = M.key_padding(lengths), M.key_mask(keep)
-    before, before_k = m.to_bool(2, 1, 1, 3).clone(), km.to_bool(1, 1, 1, 3).clone()
+    key, hashed = m.cache_key(), hash(m)
+    q, k, v = torch.randn(2, 1, 2, 4), torch.randn(2, 1, 3, 4), torch.randn(2, 1, 3, 4)
+    veil.attend(q, k, v, m, backend="varlen")  # plans (and caches) under lengths [2, 3]
     lengths[0] = 0
     keep[0, 0] = False
-    assert torch.equal(m.to_bool(2, 1, 1, 3), before) and torch.equal(km.to_bool(1, 1, 1, 3), before_k)
+    assert m.to_bool(2, 1, 1, 3)[:, 0, 0].tolist() == [[False] * 3, [True] * 3]
+    assert km.to_bool(1, 1, 1, 3)[0, 0, 0].tolist() == [False, False, True]
+    assert m.cache_key() != key and hash(m) == hashed  # the cache key follows the in-place version
+    out = veil.attend(q, k, v, m, backend="varlen")
+    torch.testing.assert_close(out, veil.attend(q, k, v, M.key_padding([0, 3]), backend="reference"))
+    assert out[0].abs().max() == 0

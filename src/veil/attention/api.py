@@ -113,7 +113,7 @@ def validate(q, k, v, mask, scale, softcap) -> float:
 
 # auto's choice per call signature (shapes, dtype, device, grad mode, mask, softcap): costs are pure
 # functions of it, so decoding loops pay one dict lookup instead of costing every backend at each step.
-_CHOICES: OrderedDict[tuple[int, Call], Backend] = OrderedDict()
+_CHOICES: OrderedDict[tuple, Backend] = OrderedDict()
 
 
 @dataclass
@@ -159,7 +159,14 @@ def select(call: Call, backend: str = "auto") -> Backend:
         if why is not None:
             raise ValueError(f"backend: {backend!r} cannot run this call ({why})")
         return be
-    key = (registry_version(), call)
+    if torch.compiler.is_compiling():
+        # traced once per graph: rank by structure (the costs read no tensor) and bake the choice into the graph
+        ranked, reasons = _rank(call)
+        if not ranked:
+            detail = "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items()))
+            raise ValueError(f"backend: no registered backend can run this call under torch.compile ({detail})")
+        return ranked[0][1]
+    key = (registry_version(), call.key())
     hit = _CHOICES.get(key)
     if hit is not None:
         _CHOICES.move_to_end(key)

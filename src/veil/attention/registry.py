@@ -10,7 +10,7 @@ return exactly 0 (and pass zero gradient) for a query row that sees no key.
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -43,6 +43,11 @@ class Call:
         return cls(q.shape[0], q.shape[1], k.shape[1], q.shape[2], k.shape[2], q.shape[3], q.dtype, q.device,
                    needs_grad, mask, softcap)
 
+    def key(self) -> tuple:
+        """A hashable key of the call with the mask by structure and tensor identity (no tensor is read)."""
+        return (self.batch, self.q_heads, self.kv_heads, self.q_len, self.kv_len, self.head_dim, self.dtype,
+                self.device, self.needs_grad, None if self.mask is None else self.mask.cache_key(), self.softcap)
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -61,6 +66,8 @@ class Backend:
         lse_fn: ``fn(q, k, v, mask, scale, softcap) -> (out, lse)`` when the backend computes the log-sum-exp
             itself (with gradients); otherwise ``attend(..., return_lse=True)`` adds it with veil's row-blocked
             kernel (:func:`veil.attention.partials.logsumexp_scores`).
+        eager_only: None when the backend traces under ``torch.compile(..., fullgraph=True)``; otherwise why it
+            does not (``auto`` then skips it inside a compiled region, and naming it there is an error).
     """
 
     name: str
@@ -73,8 +80,11 @@ class Backend:
     auto: bool = True
     doc: str = field(default="")
     lse_fn: BackendFn | None = None
+    eager_only: str | None = None
 
     def why_not(self, call: Call) -> str | None:
+        if self.eager_only is not None and torch.compiler.is_compiling():
+            return f"eager only under torch.compile ({self.eager_only})"
         if call.device.type not in self.devices:
             return f"does not run on {call.device.type}"
         if call.dtype not in self.dtypes:
@@ -86,7 +96,9 @@ class Backend:
 
 _REGISTRY: dict[str, Backend] = {}
 _VERSION = 0
-_ACTIVE: contextvars.ContextVar[str | None] = contextvars.ContextVar("veil_attention_backend", default=None)
+# Per thread, like a ContextVar, but torch.compile reads it with a guard (a ContextVar is a graph break): a
+# compiled function called under another use_backend(...) recompiles instead of running the old choice.
+_ACTIVE = threading.local()
 
 
 def register_backend(backend: Backend) -> Backend:
@@ -119,15 +131,16 @@ def use_backend(name: str) -> Iterator[None]:
     """Within this context, ``attend(..., backend="auto")`` uses ``name`` (an explicit argument still wins)."""
     if name != "auto":
         get_backend(name)
-    token = _ACTIVE.set(name)
+    before = active_backend()
+    _ACTIVE.name = name
     try:
         yield
     finally:
-        _ACTIVE.reset(token)
+        _ACTIVE.name = before
 
 
 def active_backend() -> str | None:
-    return _ACTIVE.get()
+    return getattr(_ACTIVE, "name", None)
 
 
 def _ensure_loaded() -> None:

@@ -238,7 +238,8 @@ class CrossAttention(_Projections):
         has_any: Tensor | None = None
         if context_lengths is not None:
             mask = M.key_padding(context_lengths)
-            if tuple(mask.lengths.shape) != (bsz,) or (bsz and int(mask.lengths.max()) > s):
+            span = M.value_range(mask.lengths)  # read once per tensor (None under torch.compile)
+            if tuple(mask.lengths.shape) != (bsz,) or (span is not None and span[1] > s):
                 raise ValueError(f"context_lengths: expected shape [B] = [{bsz}] with values in [0, S={s}], got "
                                  f"{mask.lengths.tolist()}")
             has_any = mask.lengths.to(x.device) > 0

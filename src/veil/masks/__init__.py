@@ -4,7 +4,20 @@ True = the query may attend to the key. See :mod:`veil.masks.core` for the posit
 """
 
 from veil.masks.blocks import Region, block_is_empty, region
-from veil.masks.core import GEMMA_FILL, And, Context, Full, Mask, Not, Or, conjoin, conjuncts, fill_value
+from veil.masks.core import (
+    GEMMA_FILL,
+    And,
+    Context,
+    Full,
+    Mask,
+    Not,
+    Or,
+    TensorRef,
+    conjoin,
+    conjuncts,
+    fill_value,
+    value_range,
+)
 from veil.masks.parse import parse
 from veil.masks.sequence import (
     Causal,
@@ -47,8 +60,8 @@ from veil.masks.video import (
 __all__ = [
     "GEMMA_FILL", "And", "block_is_empty", "Causal", "Chunked", "Context", "Document", "FrameCausal", "Full", "KeyMask",
     "KeyPadding", "Mask", "Not", "Or", "Packed", "PrefixLM", "QueryPadding", "Region", "SlidingWindow", "Spatial",
-    "Temporal", "TileWindow", "Window3D", "causal", "chunked", "conjoin", "conjuncts", "document",
+    "Temporal", "TensorRef", "TileWindow", "Window3D", "causal", "chunked", "conjoin", "conjuncts", "document",
     "fill_value", "frame_causal", "from_tile_order", "full", "key_mask", "key_padding", "packed", "parse",
     "prefix_lm", "query_padding", "region", "seqlens_to_ids", "sliding_window", "spatial", "temporal",
-    "tile_permutation", "tile_window", "to_tile_order", "window_3d",
+    "tile_permutation", "tile_window", "to_tile_order", "value_range", "window_3d",
 ]

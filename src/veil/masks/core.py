@@ -15,6 +15,7 @@ Legend: B batch, H heads, Q query length, K key length.
 from __future__ import annotations
 
 from collections.abc import Callable
+import weakref
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -183,28 +184,33 @@ class Mask:
     def __invert__(self) -> Mask:
         return Not(self)
 
+    # Three views of a mask's identity, from ``_key()`` (structure, with the mask's tensors in place):
+    # - ``==`` compares tensor values (a host copy: for people and tests, never on a hot path);
+    # - ``hash`` uses the structure and the tensors' dtypes and shapes only (equal masks hash equal);
+    # - :meth:`cache_key` uses the structure and the tensors' identities and versions: what the backends'
+    #   plan, choice and block-mask caches key on, so a cache lookup never reads a tensor.
     def __eq__(self, other: object) -> bool:
         if self is other:
             return True
-        return isinstance(other, Mask) and type(self) is type(other) and self._identity() == other._identity()
+        return isinstance(other, Mask) and type(self) is type(other) and _same(self._key(), other._key())
 
     def __hash__(self) -> int:
-        ident = self._identity()
-        cached = self.__dict__.get("_hash")
-        if cached is None:
-            cached = self.__dict__["_hash"] = hash((type(self).__name__, ident))
-        return cached
+        return hash((type(self).__name__, _map_tensors(self._key(), _tensor_shape)))
+
+    def cache_key(self) -> tuple:
+        """A hashable key of the structure and the tensors' identities (and in-place versions).
+
+        Two calls with the same mask object, or with masks built from the same tensors, share it; a tensor
+        changed in place gives a new key. It reads no tensor value (no host synchronisation).
+        """
+        return (type(self).__name__, _map_tensors(self._key(), TensorRef, lambda m: m.cache_key()))
 
     def _identity(self) -> tuple:
-        # Masks are immutable after construction: the identity (tensors read back by value) is computed once,
-        # so the backends' plan and block-mask caches cost a dict lookup per call, not a host copy.
-        ident = self.__dict__.get("_ident")
-        if ident is None:
-            ident = self.__dict__["_ident"] = self._key()
-        return ident
+        """The structure with tensors read back by value (host copies)."""
+        return _map_tensors(self._key(), tensor_key)
 
     def _key(self) -> tuple:
-        """A hashable identity (tensors by value)."""
+        """The structure: parameters, child masks and the tensors this node holds."""
         return ()
 
     def __repr__(self) -> str:
@@ -224,7 +230,79 @@ def _tensor_device(mask: Mask) -> torch.device:
 
 
 def tensor_key(t: Tensor) -> tuple:
+    """A tensor by value (a host copy)."""
     return (str(t.dtype), tuple(t.shape), str(t.device), tuple(t.flatten().tolist()))
+
+
+def _tensor_shape(t: Tensor) -> tuple:
+    return (str(t.dtype), tuple(t.shape))
+
+
+class TensorRef:
+    """A tensor by identity and in-place version, for cache keys: equal only to a ref of the same tensor at the
+    same version. It holds the tensor, so its ``id`` cannot be reused while a cache keeps the key."""
+
+    __slots__ = ("tensor", "version")
+
+    def __init__(self, tensor: Tensor):
+        self.tensor = tensor
+        self.version = tensor._version
+
+    def __hash__(self) -> int:
+        return hash((id(self.tensor), self.version))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TensorRef) and other.tensor is self.tensor and other.version == self.version
+
+
+def _map_tensors(obj, on_tensor, on_mask=None):
+    if isinstance(obj, Tensor):
+        return on_tensor(obj)
+    if on_mask is not None and isinstance(obj, Mask):
+        return on_mask(obj)
+    if isinstance(obj, tuple):
+        return tuple(_map_tensors(o, on_tensor, on_mask) for o in obj)
+    return obj
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Tensor) or isinstance(b, Tensor):
+        return (isinstance(a, Tensor) and isinstance(b, Tensor) and a.dtype == b.dtype and a.shape == b.shape
+                and a.device == b.device and bool(torch.equal(a, b)))
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+# id(tensor) -> (weakref to it, version, (min, max)); an entry leaves when its tensor dies. (Not a
+# WeakKeyDictionary: it compares keys with ``==``, which for two refs of one tensor is an elementwise compare.)
+_RANGES: dict[int, tuple[weakref.ref, int, tuple[int, int]]] = {}
+
+
+def _forget(ident: int, ref: weakref.ref) -> None:
+    hit = _RANGES.get(ident)
+    if hit is not None and hit[0] is ref:
+        del _RANGES[ident]
+
+
+def value_range(t: Tensor) -> tuple[int, int] | None:
+    """``(min, max)`` of an integer tensor, read from the host once per tensor and in-place version.
+
+    Masks check their tensors' values (lengths within the sequence) with it, so a mask rebuilt from the same
+    tensor in every layer and every call synchronises once. Returns None under ``torch.compile`` (value checks
+    are skipped there: they would need the host) and for an empty tensor.
+    """
+    if torch.compiler.is_compiling() or t.numel() == 0:
+        return None
+    ident = id(t)
+    hit = _RANGES.get(ident)
+    if hit is not None and hit[0]() is t and hit[1] == t._version:
+        return hit[2]
+    lo, hi = torch.aminmax(t.detach()) if t.dtype != torch.bool else (t.min(), t.max())
+    got = (int(lo), int(hi))
+    ref = weakref.ref(t, lambda r, ident=ident: _forget(ident, r))
+    _RANGES[ident] = (ref, t._version, got)
+    return got
 
 
 def fill_value(dtype: torch.dtype, fill: Literal["min", "gemma", "-inf"] | float) -> float:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from veil.masks.core import Context, Full, Mask, Tensor, tensor_key
+from veil.masks.core import Context, Full, Mask, Tensor, value_range
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -29,10 +29,12 @@ def _check_lengths(name: str, lengths: object) -> Tensor:
         raise TypeError(f"{name}: expected an integer tensor of shape [B], got dtype {lengths.dtype}")
     if lengths.dim() != 1:
         raise ValueError(f"{name}: expected shape [B], got {list(lengths.shape)}")
-    if lengths.numel() and int(lengths.min()) < 0:
-        raise ValueError(f"{name}: lengths must be >= 0, got min {int(lengths.min())}")
-    # a private copy: masks are immutable, so caches keyed on them stay right if the caller's tensor changes
-    return lengths.to(torch.long, copy=True)
+    span = value_range(lengths)
+    if span is not None and span[0] < 0:
+        raise ValueError(f"{name}: lengths must be >= 0, got min {span[0]}")
+    # no copy: caches key on the tensor's identity and in-place version (Mask.cache_key), so a tensor changed
+    # in place is seen as a new mask, and masks rebuilt from one tensor in every layer share their cache entries
+    return lengths.to(torch.long)
 
 
 def _check_device(name: str, t: Tensor, device: torch.device | None) -> None:
@@ -109,14 +111,13 @@ class _Lengths(Mask):
         n = kv_len if self.axis == "key" else q_len
         if self.lengths.shape[0] != batch:
             raise ValueError(f"{self._name}: expected shape [B]=[{batch}], got {list(self.lengths.shape)}")
-        if self.lengths.numel() and int(self.lengths.max()) > n:
-            raise ValueError(
-                f"{self._name}: lengths must be <= the {self.axis} length {n}, got max {int(self.lengths.max())}"
-            )
+        span = value_range(self.lengths)
+        if span is not None and span[1] > n:
+            raise ValueError(f"{self._name}: lengths must be <= the {self.axis} length {n}, got max {span[1]}")
         _check_device(self._name, self.lengths, device)
 
     def _key(self):
-        return tensor_key(self.lengths)
+        return (self.lengths,)
 
     def __repr__(self):
         return f"{self.kind}({self.lengths.tolist()})"
@@ -168,7 +169,7 @@ class KeyMask(Mask):
             raise TypeError(f"keep: expected a bool tensor [B, K] (True = key may be attended), got {got}")
         if keep.dim() != 2:
             raise ValueError(f"keep: expected shape [B, K], got {list(keep.shape)}")
-        self.keep = keep.clone()  # immutable: see _check_lengths
+        self.keep = keep  # not copied: see _check_lengths
 
     def tensors(self):
         return (self.keep,)
@@ -182,7 +183,7 @@ class KeyMask(Mask):
         return self.keep.to(ctx.device)[b, k]
 
     def _key(self):
-        return tensor_key(self.keep)
+        return (self.keep,)
 
     def __repr__(self):
         return f"key_mask(<bool {list(self.keep.shape)}>)"
@@ -208,8 +209,8 @@ class Document(Mask):
                 raise TypeError(f"{name}: expected an int tensor [L] or [B, L], got {getattr(t, 'dtype', type(t))}")
             if t.dim() not in (1, 2):
                 raise ValueError(f"{name}: expected shape [L] or [B, L], got {list(t.shape)}")
-        self.q_ids = q_ids.to(torch.long, copy=True)
-        self.kv_ids = self.q_ids if kv_ids is None else kv_ids.to(torch.long, copy=True)
+        self.q_ids = q_ids.to(torch.long)  # not copied: see _check_lengths
+        self.kv_ids = self.q_ids if kv_ids is None else kv_ids.to(torch.long)
         self.batch_dependent = self.q_ids.dim() == 2 or self.kv_ids.dim() == 2
 
     def tensors(self):
@@ -231,7 +232,7 @@ class Document(Mask):
         return self._ids(self.q_ids, ctx, b, q) == self._ids(self.kv_ids, ctx, b, k)
 
     def _key(self):
-        return (tensor_key(self.q_ids), tensor_key(self.kv_ids))
+        return (self.q_ids, self.kv_ids)
 
     def __repr__(self):
         return f"document(<ids {list(self.q_ids.shape)}>)"
@@ -269,8 +270,9 @@ class Packed(Document):
     def validate(self, batch, heads, q_len, kv_len, device):
         # name the user's argument (seqlens), not the ids derived from it
         kv_name = "seqlens (used for the keys too)" if self.kv_seqlens is self.seqlens else "kv_seqlens"
-        for name, lengths, n, what in (("seqlens", self.seqlens, q_len, "Q"), (kv_name, self.kv_seqlens, kv_len, "K")):
-            if int(lengths.sum()) != n:
+        for name, ids, lengths, n, what in (("seqlens", self.q_ids, self.seqlens, q_len, "Q"),
+                                            (kv_name, self.kv_ids, self.kv_seqlens, kv_len, "K")):
+            if ids.shape[-1] != n:  # the ids are the lengths expanded: their count is the lengths' sum, no host read
                 raise ValueError(f"{name}: expected lengths summing to {what}={n}, got {lengths.tolist()}")
         super().validate(batch, heads, q_len, kv_len, device)
 
@@ -314,7 +316,7 @@ class PrefixLM(Mask):
         return (k <= q + ctx.offset) | (k < p)
 
     def _key(self):
-        return tensor_key(self.prefix) if isinstance(self.prefix, torch.Tensor) else (self.prefix,)
+        return (self.prefix,)
 
     def __repr__(self):
         p = self.prefix.tolist() if isinstance(self.prefix, torch.Tensor) else self.prefix

@@ -65,9 +65,8 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scal
     if allowed is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, enable_gqa=gqa)
     row_any = allowed.any(-1, keepdim=True)
-    if bool(row_any.all()):
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=gqa)
     # Open every key to the empty rows (no NaN inside the kernel), then zero those rows: exact 0 out,
-    # and since the zeroing multiplies by 0 the gradient through them is 0 too.
+    # and since the zeroing multiplies by 0 the gradient through them is 0 too. Done for every mask, not only
+    # when a row is empty: asking would read a flag back to the host at every call.
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~row_any, scale=scale, enable_gqa=gqa)
     return out * row_any.to(out.dtype)

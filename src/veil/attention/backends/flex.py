@@ -20,7 +20,7 @@ Legend: B batch, Hq query heads, Hkv key/value heads, Q query length, K key leng
 from __future__ import annotations
 
 import contextlib
-import contextvars
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -30,25 +30,26 @@ from veil.masks import Mask
 
 Tensor = torch.Tensor
 
-_EAGER: contextvars.ContextVar[bool] = contextvars.ContextVar("veil_flex_eager", default=False)
+_EAGER = threading.local()  # per thread; torch.compile guards on it (see veil.attention.registry)
 _COMPILED: list = []  # the compiled flex_attention, built on first use
 
 
 @contextlib.contextmanager
 def uncompiled() -> Iterator[None]:
     """Within this context the ``flex`` backend calls FlexAttention eagerly (no ``torch.compile``)."""
-    token = _EAGER.set(True)
+    before = getattr(_EAGER, "on", False)
+    _EAGER.on = True
     try:
         yield
     finally:
-        _EAGER.reset(token)
+        _EAGER.on = before
 
 
 def _kernel():
     from torch.nn.attention.flex_attention import flex_attention
 
-    if _EAGER.get():
-        return flex_attention
+    if getattr(_EAGER, "on", False) or torch.compiler.is_compiling():
+        return flex_attention  # inside a compiled region the enclosing graph compiles it
     if not _COMPILED:
         _COMPILED.append(torch.compile(flex_attention, dynamic=False))
     return _COMPILED[0]
@@ -69,10 +70,19 @@ def flex_backend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: floa
     kv_len = k.shape[2]
     block_mask = None
     if mask is not None:
-        block_mask = mask.to_block_mask(b, hq, q_len, kv_len, device=q.device)
+        if torch.compiler.is_compiling():  # built inside the graph: a cache would key on traced tensors
+            from veil.masks.flex import create_block_mask_for
+
+            block_mask = create_block_mask_for(mask, b, hq, q_len, kv_len, device=q.device)
+        else:
+            block_mask = mask.to_block_mask(b, hq, q_len, kv_len, device=q.device)
     # CPU flex (torch 2.13) has no backward, and compiled it cannot return the log-sum-exp; its forward
     # already writes 0 to rows with no key (pinned by tests/attention/test_flex.py).
     want_lse = mask is not None and q.device.type != "cpu"
+    if q.device.type == "cpu" and torch.compiler.is_compiling():
+        # inductor's CPU flex template (torch 2.13) reads its inputs' buffers as 4-d; a head-split view of a
+        # projection is a 3-d buffer there, and lowering fails unless the inputs are materialised
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     res = _kernel()(
         q, k, v,
         score_mod=None if softcap is None else _softcap_mod(float(softcap)),
@@ -91,6 +101,11 @@ def flex_backend(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: floa
 def _supports(call: Call) -> str | None:
     if call.q_len == 0 or call.kv_len == 0:
         return "FlexAttention needs Q > 0 and K > 0"
+    if (call.device.type == "cpu" and call.mask is not None and call.mask.batch_dependent
+            and torch.compiler.is_compiling()):
+        # torch 2.13: inductor's CPU flex template emits C++ that does not compile for a mask_mod that indexes a
+        # per-sample tensor by the batch index (e.g. ``k < lengths[b]``), when the tensor is a graph input
+        return "inside a compiled graph on CPU, masks that depend on the sample fail inductor's flex template"
     return None
 
 
@@ -100,6 +115,9 @@ def _cost(call: Call) -> float:
     dense = call.batch * call.q_heads * call.q_len * call.kv_len * (call.head_dim + 8)
     if call.mask is None:
         return 1.05 * dense  # a maskless flex is a slightly slower flash kernel
+    if torch.compiler.is_compiling():
+        # the BlockMask is built inside the graph, after the choice: assume the typical half of the blocks kept
+        return dense * (1.1 * 0.5 + 0.05)
     # Fully masked blocks are skipped, partial ones computed whole: pay for the blocks the BlockMask keeps
     # (it is cached, so the call that follows reuses it).
     bm = call.mask.to_block_mask(call.batch, call.q_heads, call.q_len, call.kv_len, device=call.device)

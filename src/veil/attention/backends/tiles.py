@@ -507,4 +507,5 @@ register_backend(Backend(
     supports=_supports,
     cost=_cost,
     doc="local masks: dense SDPA over gathered key blocks; exact, differentiable, no Q x K tensor",
+    eager_only="its block plan is built and cached on the host from the mask's structure",
 ))

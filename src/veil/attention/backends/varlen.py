@@ -63,18 +63,18 @@ _PLANS_SIZE = 64
 def plan(mask: Mask | None, batch: int, q_len: int, kv_len: int) -> Plan | str:
     """The segments for ``mask`` at these sizes, or a string saying why varlen does not apply.
 
-    Cached by the mask's identity (hashing a mask reads its tensors), so the ``auto`` checks and the call
-    that follows plan once.
+    Cached by the mask's structure and tensor identities (:meth:`veil.masks.Mask.cache_key`), so the ``auto``
+    checks and the call that follows plan once, and a mask rebuilt from the same tensors reuses the plan.
     """
     if mask is None:
         return "no mask: nothing to skip"
-    key = (id(mask), batch, q_len, kv_len)
+    key = (mask.cache_key(), batch, q_len, kv_len)
     hit = _PLANS.get(key)
-    if hit is not None and hit[0] is mask:
+    if hit is not None:
         _PLANS.move_to_end(key)
         return hit[1]
     made = _make_plan(mask, batch, q_len, kv_len)
-    _PLANS[key] = (mask, made)  # holding the mask keeps its id from being reused while cached
+    _PLANS[key] = (mask, made)
     while len(_PLANS) > _PLANS_SIZE:
         _PLANS.popitem(last=False)
     return made
@@ -285,4 +285,5 @@ register_backend(Backend(
     supports=_supports,
     cost=_cost,
     doc="computes only the valid tokens of padded / packed / document masks (flash-attn varlen or packed SDPA)",
+    eager_only="its segments are read from the lengths' values on the host",
 ))
