@@ -28,15 +28,16 @@ def _decode(attn, x, mask, cache, prefill, rope, key_valid=None, positions=None)
     return torch.cat(outs, dim=1)
 
 
+@pytest.mark.parametrize("fixed", [False, True], ids=["grow", "fixed_shapes"])
 @pytest.mark.parametrize("prefill", [1, 3, 7])
-def test_ring_cache_decoding_past_the_window_equals_full_forward(prefill):
+def test_ring_cache_decoding_past_the_window_equals_full_forward(prefill, fixed):
     attn, rope = _layer(), RotaryEmbedding(HEAD_DIM)
     window, n = 3, 14
     x = torch.randn(2, n, DIM)
     mask = M.causal() & M.sliding_window(window)
     with veil.use_backend("reference"):
         want = attn(x, mask, rope=rope)
-        cache = KVCache(2, KV_HEADS, HEAD_DIM, max_len=n, window=window)
+        cache = KVCache(2, KV_HEADS, HEAD_DIM, max_len=n, window=window, fixed_shapes=fixed)
         buffers = [(t.data_ptr(), t.shape) for t in (cache.k, cache.v)]
         got = _decode(attn, x, mask, cache, prefill, rope)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
@@ -57,21 +58,41 @@ def test_ring_cache_is_wrong_without_the_window_mask():
     assert (got[:, 4:] - want[:, 4:]).abs().max() > 1e-3
 
 
-def test_static_cache_equals_full_forward():
+@pytest.mark.parametrize("fixed", [False, True], ids=["grow", "fixed_shapes"])
+def test_static_cache_equals_full_forward(fixed):
     attn, rope = _layer(1), RotaryEmbedding(HEAD_DIM, base=1e6)
     x = torch.randn(2, 9, DIM)
     with veil.use_backend("reference"):
         want = attn(x, M.causal(), rope=rope)
-        cache = KVCache(2, KV_HEADS, HEAD_DIM, max_len=9)
+        cache = KVCache(2, KV_HEADS, HEAD_DIM, max_len=9, fixed_shapes=fixed)
         got = _decode(attn, x, M.causal(), cache, 4, rope)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="max_len=9"):
+    assert cache.length == 9
+    # overflow: a clear ValueError; a fixed-shape cache (no host read per update) fails in index_copy_
+    with pytest.raises(ValueError if not fixed else (RuntimeError, IndexError), match="max_len=9" if not fixed else None):
         attn(x[:, :1], M.causal(), cache=cache, rope=rope)
 
 
+def test_fixed_shape_views_keep_their_shapes_and_positions():
+    cache = KVCache(1, 1, 2, max_len=10, window=3, fixed_shapes=True)
+    shapes, positions = set(), []
+    for step in range(5):
+        k = torch.full((1, 1, 1, 2), float(step))
+        view = cache.update(k, k)
+        shapes.add((tuple(view.k.shape), tuple(view.positions.shape)))
+        positions.append((view.query_positions.tolist(), view.positions.tolist()))
+    assert shapes == {((1, 1, 3, 2), (3,))}  # the same at every step: one compiled graph serves them all
+    assert positions == [([0], [0, -1, -1]), ([1], [0, 1, -1]), ([2], [0, 1, 2]), ([3], [3, 1, 2]), ([4], [3, 4, 2])]
+    # a chunk on a ring: the old slots, then the chunk
+    view = cache.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
+    assert view.positions.tolist() == [3, 4, 2, 5, 6, 7, 8] and view.query_positions.tolist() == [5, 6, 7, 8]
+    assert sorted(cache.slot_positions.tolist()) == [6, 7, 8] and cache.length == 9
+
+
+@pytest.mark.parametrize("fixed", [False, True], ids=["grow", "fixed_shapes"])
 @pytest.mark.parametrize("backend", ["reference", "sdpa"])
 @pytest.mark.parametrize("window", [None, 3])
-def test_left_padded_batched_decoding_equals_each_sample_alone(window, backend):
+def test_left_padded_batched_decoding_equals_each_sample_alone(window, backend, fixed):
     attn, rope = _layer(2, softcap=None), RotaryEmbedding(HEAD_DIM)  # sdpa has no softcap
     lengths, n, prompt = [7, 4], 7, 5  # sample 1 has 3 pad tokens on the left
     pad = [n - ln for ln in lengths]
@@ -80,7 +101,7 @@ def test_left_padded_batched_decoding_equals_each_sample_alone(window, backend):
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)  # HF's position ids under left padding
     mask = M.causal() if window is None else M.causal() & M.sliding_window(window)
     with veil.use_backend(backend):
-        cache = KVCache(2, KV_HEADS, HEAD_DIM, max_len=n, window=window)
+        cache = KVCache(2, KV_HEADS, HEAD_DIM, max_len=n, window=window, fixed_shapes=fixed)
         got = _decode(attn, x, mask, cache, prompt, rope, key_valid=valid, positions=positions)
         for b in range(2):
             alone = attn(x[b:b + 1, pad[b]:], mask, rope=rope)

@@ -263,3 +263,15 @@ def test_full_is_the_identity_of_and():
 def test_de_morgan(q, k):
     a, b = M.causal(), M.chunked(2)
     assert torch.equal(mat(~(a | b), q, k), mat(~a & ~b, q, k))
+
+
+def test_at_positions_evaluates_the_mask_at_the_given_positions():
+    # a ring cache of 4 slots holding positions 8, 5, 6, 7 and an empty slot; the query is position 8
+    kv = torch.tensor([8, 5, 6, 7, -1])
+    check(M.at_positions(M.causal() & M.sliding_window(3), torch.tensor([8]), kv), 1, 5, [[1, 0, 1, 1, 0]])
+    check(M.at_positions(M.causal(), torch.tensor([6, 7]), kv), 2, 5, [[0, 1, 1, 0, 0], [0, 1, 1, 1, 0]])
+    check(M.at_positions(None, torch.tensor([0]), kv), 1, 5, [[1, 1, 1, 1, 0]])  # only empty slots are hidden
+    with pytest.raises(ValueError, match="kv_positions"):
+        M.at_positions(M.causal(), torch.tensor([1]), kv).to_bool(1, 1, 1, 4)
+    with pytest.raises(TypeError, match="q_positions"):
+        M.at_positions(M.causal(), torch.tensor([1.0]), kv)

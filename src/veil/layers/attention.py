@@ -140,7 +140,7 @@ class Attention(_Projections):
                 keys are ``x``'s own tokens; with one they are the cache's view (chronological, the new tokens
                 last), so ``causal()`` / ``sliding_window(w)`` stay exact (bottom-right alignment).
             positions: int ``[L]`` or ``[B, L]`` positions for a :class:`RotaryEmbedding` (default:
-                ``cache.length + arange(L)``, or ``arange(L)`` without a cache). Ignored for a RopeTable.
+                ``cache.next_positions(L)``, or ``arange(L)`` without a cache). Ignored for a RopeTable.
             cache: a :class:`KVCache`; the new keys/values (after RoPE) are appended to it.
             rope: None, a :class:`RotaryEmbedding` (evaluated at ``positions``) or a precomputed
                 :class:`RopeTable` for these L tokens (e.g. :class:`~veil.layers.positions.Rope3D`).
@@ -157,8 +157,7 @@ class Attention(_Projections):
             table = rope
             if isinstance(rope, RotaryEmbedding):
                 if positions is None:
-                    start = cache.length if cache is not None else 0
-                    positions = torch.arange(start, start + n, device=x.device)
+                    positions = cache.next_positions(n) if cache is not None else torch.arange(n, device=x.device)
                 table = rope(positions, dtype=q.dtype)
             elif not isinstance(rope, RopeTable):
                 raise TypeError(f"rope: expected a RotaryEmbedding, a RopeTable or None, got {type(rope).__name__}")
@@ -174,7 +173,9 @@ class Attention(_Projections):
                 kv_sharded = False
             view = cache.update(k, v, key_valid)
             k, v = view.k.to(q.dtype), view.v.to(q.dtype)  # (B, Nkv, K, D)
-            if view.has_padding:
+            if view.query_positions is not None:  # a fixed-shape cache: keys in slot order, some slots empty
+                mask = M.at_positions(mask, view.query_positions, view.positions) & M.key_mask(view.valid)
+            elif view.has_padding:
                 mask = _and(mask, M.key_mask(view.valid))
         elif key_valid is not None:
             # under sequence parallelism key_valid covers the whole sequence (the mask is global)

@@ -9,6 +9,12 @@ absolute position ``i + K - Q``), and the returned keys are consecutive absolute
 last new token, so ``causal()`` and ``sliding_window(w)`` written for these shapes are exact, even after
 the ring buffer wraps. Left padding is carried in ``valid`` (``[B, K]``, False = a pad token): the layer
 adds ``veil.masks.key_mask(valid)``.
+
+With ``fixed_shapes=True`` (for ``torch.compile``) the token count lives in a tensor and every update returns
+the same shapes whatever the count: the whole buffer in slot order, each slot's absolute position (-1 when
+empty) and the new tokens' positions (``CacheView.query_positions``); the layer then evaluates its mask at those
+positions (:func:`veil.masks.at_positions`). A compiled decoding loop then runs one graph for every step, at the
+price of attending over every slot (empty ones masked) rather than the tokens written so far.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ class CacheView(NamedTuple):
         valid: ``[B, K]`` bool, False for keys written as padding; a tensor of its own (later updates do not
             change it). ``k`` and ``v`` may be views of the buffers: use them before the next update.
         has_padding: False when every key ever written was valid (the layer may skip the key mask).
+        query_positions: None when the keys are chronological and consecutive, ending at the last new token
+            (bottom-right masks are exact). A fixed-shape cache returns the ``[L]`` absolute positions of the new
+            tokens here, and ``positions`` then holds each key's absolute position in slot order, -1 for an empty
+            slot: the layer must evaluate its mask at those positions (:func:`veil.masks.at_positions`).
     """
 
     k: Tensor
@@ -37,6 +47,7 @@ class CacheView(NamedTuple):
     positions: Tensor
     valid: Tensor
     has_padding: bool
+    query_positions: Tensor | None = None
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -61,14 +72,18 @@ class KVCache(nn.Module):
             only checked).
         window: ring buffer size, or None for a static cache.
         dtype, device: of the buffers.
+        fixed_shapes: keep the token count in a tensor and return the same shapes at every update (see the module
+            docstring): for decoding under ``torch.compile`` without a recompile per token.
 
     Raises:
         ValueError: a size is not a positive int.
     """
 
     def __init__(self, batch: int, kv_heads: int, head_dim: int, max_len: int, *, window: int | None = None,
-                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None):
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                 fixed_shapes: bool = False):
         super().__init__()
+        self.fixed_shapes = bool(fixed_shapes)
         self.batch = _check_int("batch", batch, 1)
         _check_int("kv_heads", kv_heads, 1)
         _check_int("head_dim", head_dim, 1)
@@ -81,8 +96,21 @@ class KVCache(nn.Module):
         self.register_buffer("v", torch.zeros(batch, kv_heads, slots, head_dim, dtype=dtype, device=device),
                              persistent=False)
         self.register_buffer("valid", torch.zeros(batch, slots, dtype=torch.bool, device=device), persistent=False)
-        self.length = 0
+        # fixed shapes: the tokens written so far, as a tensor (a Python int would be a guard, and a recompile,
+        # per token under torch.compile)
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long, device=device), persistent=False)
+        self._length = 0
         self.has_padding = False
+
+    @property
+    def length(self) -> int:
+        """Tokens written so far (a fixed-shape cache reads its counter back from the device)."""
+        return int(self.filled) if self.fixed_shapes else self._length
+
+    def next_positions(self, n: int) -> Tensor:
+        """int64 ``[n]``: the absolute positions the next ``n`` tokens will take (no host read)."""
+        base = self.filled if self.fixed_shapes else self._length
+        return base + torch.arange(n, device=self.k.device)
 
     @property
     def is_ring(self) -> bool:
@@ -93,15 +121,19 @@ class KVCache(nn.Module):
         """``[S]`` absolute position of the token in each slot (-1: empty), from ``length`` alone: slot ``i``
         holds the latest ``p < length`` with ``p % S == i`` (static: ``p == i``). Not stored, so an update
         writes no positions."""
+        return self._slot_positions(self.filled if self.fixed_shapes else self._length)
+
+    def _slot_positions(self, length: int | Tensor) -> Tensor:
         i = torch.arange(self.slots, device=self.k.device)
-        last = self.length - 1 - i  # (S,)
+        last = length - 1 - i  # (S,)
         return torch.where(last >= 0, i + self.slots * last.div(self.slots, rounding_mode="floor"), -1)
 
     def reset(self) -> None:
         """Forget every token (buffers are kept)."""
-        self.length = 0
+        self._length = 0
         self.has_padding = False
         self.valid.zero_()
+        self.filled.zero_()
 
     def _runs(self, start: int, count: int) -> list[tuple[int, int]]:
         """Slot ranges ``[a, b)`` holding tokens ``start .. start + count - 1``, oldest first (at most two: the ring
@@ -137,18 +169,21 @@ class KVCache(nn.Module):
             if valid.dtype != torch.bool or tuple(valid.shape) != (b, n_new):
                 raise ValueError(f"valid: expected a bool tensor [B, L] = [{b}, {n_new}], got "
                                  f"{valid.dtype} {list(valid.shape)}")
+        if self.fixed_shapes:
+            return self._update_fixed(k, v, valid)
+        if valid is not None:
             self.has_padding = self.has_padding or not bool(valid.all())
-        if self.length + n_new > self.max_len:
-            raise ValueError(f"k: the cache holds at most max_len={self.max_len} tokens, got {self.length} cached "
+        if self._length + n_new > self.max_len:
+            raise ValueError(f"k: the cache holds at most max_len={self.max_len} tokens, got {self._length} cached "
                              f"+ {n_new} new")
         kbuf, vbuf, vld = self.k, self.v, self.valid  # one module attribute lookup each (decode's hot path)
         k, v = k.to(kbuf.dtype), v.to(vbuf.dtype)
-        start, end = self.length, self.length + n_new
+        start, end = self._length, self._length + n_new
         if end <= self.slots:  # static, or a ring that has not wrapped yet: token p in slot p, written in place
             kbuf[:, :, start:end] = k
             vbuf[:, :, start:end] = v
             vld[:, start:end] = True if valid is None else valid
-            self.length = end
+            self._length = end
             # valid is copied, not a view: a mask built from it is hashed by value (the tiles backend's plan cache),
             # and later writes (a ring wrapping, reset) would change it under that key
             return CacheView(kbuf[:, :, :end], vbuf[:, :, :end], torch.arange(end, device=kbuf.device),
@@ -172,8 +207,38 @@ class KVCache(nn.Module):
             vbuf[:, :, a:z] = v[:, :, i:j]
             vld[:, a:z] = valid[:, i:j]
             i = j
-        self.length = end
+        self._length = end
         return out
+
+    def _update_fixed(self, k: Tensor, v: Tensor, valid: Tensor | None) -> CacheView:
+        # Same shapes at every call: no Python int changes, no host read. The static cache and a ring's single new
+        # token write first and attend over the buffer (the ring then holds exactly the window); a ring given
+        # several tokens attends over the old buffer followed by the new tokens, then writes (a new token may
+        # overwrite a slot an earlier query of the chunk still needs). Overflowing a static cache fails in
+        # index_copy_ (positions past max_len are out of range).
+        b, n_new = k.shape[0], k.shape[2]
+        kbuf, vbuf, vld = self.k, self.v, self.valid
+        k, v = k.to(kbuf.dtype), v.to(vbuf.dtype)
+        if valid is None:
+            valid = torch.ones(b, n_new, dtype=torch.bool, device=kbuf.device)
+        start = self.filled.clone()
+        new_pos = start + torch.arange(n_new, device=kbuf.device)  # (L,)
+        keep = min(n_new, self.slots)  # only the last `slots` new tokens survive in a ring
+        slots = new_pos[n_new - keep:] % self.slots if self.is_ring else new_pos
+        ks, vs, vals = k[:, :, n_new - keep:], v[:, :, n_new - keep:], valid[:, n_new - keep:]
+        if self.is_ring and n_new > 1:
+            view = CacheView(torch.cat([kbuf, k], dim=2), torch.cat([vbuf, v], dim=2),  # (B, Hkv, S + L, D)
+                             torch.cat([self._slot_positions(start), new_pos]), torch.cat([vld, valid], dim=1),
+                             True, new_pos)  # (cat copies: the writes below do not reach the view)
+        else:
+            view = None
+        kbuf.index_copy_(2, slots, ks)
+        vbuf.index_copy_(2, slots, vs)
+        vld.index_copy_(1, slots, vals)
+        self.filled += n_new
+        if view is None:
+            view = CacheView(kbuf, vbuf, self._slot_positions(self.filled), vld.clone(), True, new_pos)
+        return view
 
     def extra_repr(self) -> str:
         kind = f"ring window={self.window}" if self.is_ring else f"static max_len={self.max_len}"

@@ -3,7 +3,7 @@
 True = the query may attend to the key. See :mod:`veil.masks.core` for the position convention.
 """
 
-from veil.masks.blocks import Region, block_is_empty, region
+from veil.masks.blocks import AtPositions, Region, at_positions, block_is_empty, region
 from veil.masks.core import (
     GEMMA_FILL,
     And,
@@ -58,7 +58,7 @@ from veil.masks.video import (
 )
 
 __all__ = [
-    "GEMMA_FILL", "And", "block_is_empty", "Causal", "Chunked", "Context", "Document", "FrameCausal", "Full", "KeyMask",
+    "GEMMA_FILL", "And", "AtPositions", "at_positions", "block_is_empty", "Causal", "Chunked", "Context", "Document", "FrameCausal", "Full", "KeyMask",
     "KeyPadding", "Mask", "Not", "Or", "Packed", "PrefixLM", "QueryPadding", "Region", "SlidingWindow", "Spatial",
     "Temporal", "TensorRef", "TileWindow", "Window3D", "causal", "chunked", "conjoin", "conjuncts", "document",
     "fill_value", "frame_causal", "from_tile_order", "full", "key_mask", "key_padding", "packed", "parse",

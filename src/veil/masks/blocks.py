@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from veil.masks.core import And, Context, Full, Mask, Not, Or
+from veil.masks.core import And, Context, Full, Mask, Not, Or, Tensor
 from veil.masks.sequence import Causal, Chunked, PrefixLM, SlidingWindow, _check_int
 from veil.masks.video import FrameCausal, Spatial, TileWindow, Window3D
 
@@ -93,6 +93,65 @@ def region(mask: Mask | None, *, q_start: int, kv_start: int, q_len: int, kv_len
     if not mask.head_dependent:  # the head offset cannot change the predicate
         heads, head_start = None, 0
     return Region(mask, q_start, kv_start, q_len, kv_len, heads, head_start)
+
+
+class AtPositions(Mask):
+    kind = "at_positions"
+
+    def __init__(self, inner: Mask, q_positions: Tensor, kv_positions: Tensor):
+        if not isinstance(inner, Mask):
+            raise TypeError(f"mask: expected a veil Mask, got {type(inner).__name__}")
+        for name, t in (("q_positions", q_positions), ("kv_positions", kv_positions)):
+            if not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool or t.dim() != 1:
+                got = f"{t.dtype} {list(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise TypeError(f"{name}: expected an int tensor [L], got {got}")
+        self.inner, self.q_positions, self.kv_positions = inner, q_positions, kv_positions
+        self.batch_dependent = inner.batch_dependent
+        self.head_dependent = inner.head_dependent
+
+    def children(self):
+        return (self.inner,)
+
+    def tensors(self):
+        return (self.q_positions, self.kv_positions)
+
+    def validate(self, batch, heads, q_len, kv_len, device):
+        if self.q_positions.shape[0] != q_len or self.kv_positions.shape[0] != kv_len:
+            raise ValueError(f"q_positions, kv_positions: expected [Q] = [{q_len}] and [K] = [{kv_len}], got "
+                             f"{list(self.q_positions.shape)} and {list(self.kv_positions.shape)}")
+        for name, t in (("q_positions", self.q_positions), ("kv_positions", self.kv_positions)):
+            if device is not None and t.device.type != device.type:
+                raise ValueError(f"{name}: the mask's tensor is on {t.device}, the attention inputs on {device}")
+        self.inner.validate(batch, heads, kv_len, kv_len, device)
+
+    def predicate(self, ctx, b, h, q, k):
+        qp = self.q_positions.to(ctx.device)[q]
+        kp = self.kv_positions.to(ctx.device)[k]
+        inner_ctx = Context(ctx.kv_len, ctx.kv_len, ctx.device, batch=ctx.batch)  # equal lengths: no offset
+        return self.inner.predicate(inner_ctx, b, h, qp, kp) & (kp >= 0)
+
+    def _key(self):
+        return (self.inner, self.q_positions, self.kv_positions)
+
+    def __repr__(self):
+        return f"at_positions({self.inner!r}, <{list(self.q_positions.shape)}>, <{list(self.kv_positions.shape)}>)"
+
+
+def at_positions(mask: Mask | None, q_positions: Tensor, kv_positions: Tensor) -> Mask:
+    """``mask`` evaluated at explicit absolute positions: query ``i`` is at ``q_positions[i]``, key ``j`` at
+    ``kv_positions[j]``; keys at a negative position (an empty cache slot) are never attended.
+
+    Positional masks compare the positions themselves (no bottom-right offset): ``causal()`` keeps
+    ``kv_positions[j] <= q_positions[i]`` and ``sliding_window(w)`` keeps
+    ``q_positions[i] - w < kv_positions[j] <= q_positions[i]``. This is how a fixed-shape KV cache (keys in slot
+    order, the same shapes at every decoding step) keeps its masks exact.
+
+    Args:
+        mask: the mask over positions (None: every key at a position >= 0).
+        q_positions: int ``[Q]``.
+        kv_positions: int ``[K]`` (-1 for an empty slot).
+    """
+    return AtPositions(Full() if mask is None else mask, q_positions, kv_positions)
 
 
 def block_is_empty(mask: Mask | None, q_range: tuple[int, int], kv_range: tuple[int, int], q_len: int,

@@ -238,6 +238,11 @@ def _tensor_shape(t: Tensor) -> tuple:
     return (str(t.dtype), tuple(t.shape))
 
 
+def _version(t: Tensor) -> int:
+    # inference tensors (torch.inference_mode) keep no version counter: they are keyed by identity alone
+    return -1 if t.is_inference() else t._version
+
+
 class TensorRef:
     """A tensor by identity and in-place version, for cache keys: equal only to a ref of the same tensor at the
     same version. It holds the tensor, so its ``id`` cannot be reused while a cache keeps the key."""
@@ -246,7 +251,7 @@ class TensorRef:
 
     def __init__(self, tensor: Tensor):
         self.tensor = tensor
-        self.version = tensor._version
+        self.version = _version(tensor)
 
     def __hash__(self) -> int:
         return hash((id(self.tensor), self.version))
@@ -296,12 +301,12 @@ def value_range(t: Tensor) -> tuple[int, int] | None:
         return None
     ident = id(t)
     hit = _RANGES.get(ident)
-    if hit is not None and hit[0]() is t and hit[1] == t._version:
+    if hit is not None and hit[0]() is t and hit[1] == _version(t):
         return hit[2]
     lo, hi = torch.aminmax(t.detach()) if t.dtype != torch.bool else (t.min(), t.max())
     got = (int(lo), int(hi))
     ref = weakref.ref(t, lambda r, ident=ident: _forget(ident, r))
-    _RANGES[ident] = (ref, t._version, got)
+    _RANGES[ident] = (ref, _version(t), got)
     return got
 
 

@@ -342,6 +342,8 @@ class DecoderLM(SequenceParallelModel, nn.Module):
             raise ValueError(f"attention_mask: expected [B, L] = {list(input_ids.shape)} (1 = token, 0 = padding), "
                              f"got {got}")
         valid = attention_mask.to(device=input_ids.device, dtype=torch.bool)
+        if torch.compiler.is_compiling():
+            return valid  # asking whether every token is valid would read the mask back to the host
         return None if bool(valid.all()) else valid
 
     def _normalizer(self, dtype: torch.dtype) -> float:
@@ -433,9 +435,14 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         return out if cap is None else torch.tanh(out / cap) * cap
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, cache: LMCache | None = None,
-                in_attn_cond: Tensor | None = None, return_only_embed: bool = False) -> Tensor:
+                in_attn_cond: Tensor | None = None, return_only_embed: bool = False,
+                last_only: bool = False) -> Tensor:
         """Logits ``[B, L, V]``, or the hidden states ``[B, L, E]`` after the final norm with
-        ``return_only_embed=True``. Arguments as :meth:`hidden_states`."""
+        ``return_only_embed=True``; with ``last_only=True`` only the last position's logits ``[B, V]`` (prefill and
+        decoding steps). Other arguments as :meth:`hidden_states`."""
+        if last_only:
+            h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond)
+            return self.logits(h[:, -1])
         sp = self.sequence_parallel if input_ids.shape[-1] > 1 else None
         # under sequence parallelism the logits are computed on this rank's rows and gathered: every weight's
         # gradient is then this rank's tokens' share (see veil.distributed.parallel)
@@ -449,20 +456,22 @@ class DecoderLM(SequenceParallelModel, nn.Module):
     # --- cached decoding -------------------------------------------------------------------------------------
 
     def new_cache(self, batch: int, max_len: int | None = None, *, dtype: torch.dtype | None = None,
-                  device: torch.device | str | None = None) -> LMCache:
+                  device: torch.device | str | None = None, fixed_shapes: bool = False) -> LMCache:
         """An empty :class:`LMCache`: ``window`` slots per local layer, ``max_len`` per global layer.
 
         Args:
             batch: B.
             max_len: the most tokens (prompt, padding included, plus new ones); default ``config.max_seq_len``.
             dtype, device: of the buffers (default: the model's).
+            fixed_shapes: every step sees the same shapes (:class:`veil.layers.KVCache`'s ``fixed_shapes``): what
+                a compiled model decodes with.
         """
         c = self.config
         max_len = c.max_seq_len if max_len is None else max_len
         p = self.embed.weight
         dtype, device = dtype or p.dtype, device or p.device
-        layers = [KVCache(batch, c.kv_heads, c.head_dim, max_len, window=layer.window, dtype=dtype, device=device)
-                  for layer in self.layers]
+        layers = [KVCache(batch, c.kv_heads, c.head_dim, max_len, window=layer.window, dtype=dtype, device=device,
+                          fixed_shapes=fixed_shapes) for layer in self.layers]
         return LMCache(layers, batch, device)
 
     @torch.no_grad()
@@ -480,21 +489,20 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         Raises:
             ValueError: ``chunk_size`` is not a positive int, or as :meth:`hidden_states`.
         """
+        # through the module call, so a model compiled with ``model.compile()`` runs its compiled graph
         if chunk_size is None:
-            h = self.hidden_states(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond)
-            return self.logits(h[:, -1])
+            return self(input_ids, attention_mask, cache=cache, in_attn_cond=in_attn_cond, last_only=True)
         _positive_int("chunk_size", chunk_size)
         self._valid(input_ids, attention_mask)  # the whole prompt's shapes, before any chunk enters the cache
         for s in range(0, input_ids.shape[1], chunk_size) or [0]:
             part = None if attention_mask is None else attention_mask[:, s:s + chunk_size]
-            h = self.hidden_states(input_ids[:, s:s + chunk_size], part, cache=cache, in_attn_cond=in_attn_cond)
-        return self.logits(h[:, -1])
+            out = self(input_ids[:, s:s + chunk_size], part, cache=cache, in_attn_cond=in_attn_cond, last_only=True)
+        return out
 
     @torch.no_grad()
     def decode_step(self, tokens: Tensor, cache: LMCache, in_attn_cond: Tensor | None = None) -> Tensor:
         """Append one token per sample (int ``[B]``) to ``cache``; returns its logits ``[B, V]``."""
-        h = self.hidden_states(tokens[:, None], cache=cache, in_attn_cond=in_attn_cond)
-        return self.logits(h[:, -1])
+        return self(tokens[:, None], cache=cache, in_attn_cond=in_attn_cond, last_only=True)
 
     def generate(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, max_new_tokens: int = 32,
                  do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
@@ -529,6 +537,21 @@ class DecoderLM(SequenceParallelModel, nn.Module):
                                  generator, seed, eos_token_id, pad_token_id, in_attn_cond)
         return out.clone()  # outside inference mode: a tensor the caller may update in place
 
+    def _generation_cache(self, batch: int, need: int) -> LMCache:
+        """A new cache; for a compiled model (``model.compile()``) a fixed-shape one, reused between calls and
+        sized up to a multiple of 256 slots, so that later calls do not recompile for a new cache object or size."""
+        if getattr(self, "_compiled_call_impl", None) is None:
+            return self.new_cache(batch, need)
+        size = min(self.config.max_seq_len, -(-need // 256) * 256) if need <= self.config.max_seq_len else need
+        p = self.embed.weight
+        key = (batch, size, p.dtype, p.device)
+        kept = self.__dict__.get("_kept_cache")
+        if kept is None or kept[0] != key:
+            kept = (key, self.new_cache(batch, size, fixed_shapes=True))
+            self.__dict__["_kept_cache"] = kept  # not a submodule: not in state_dict or .to() twice
+        kept[1].reset()
+        return kept[1]
+
     def _generate(self, input_ids, attention_mask, max_new_tokens, do_sample, temperature, top_k, top_p, generator,
                   seed, eos_token_id, pad_token_id, in_attn_cond) -> Tensor:
         _positive_int("max_new_tokens", max_new_tokens)
@@ -544,7 +567,7 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         if generator is None and seed is not None:
             generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         bsz, n = input_ids.shape
-        cache = self.new_cache(bsz, n + max_new_tokens)
+        cache = self._generation_cache(bsz, n + max_new_tokens)
         logits = self.prefill(input_ids, attention_mask, cache, in_attn_cond)
         done = torch.zeros(bsz, dtype=torch.bool, device=input_ids.device)
         out = [input_ids.long()]

@@ -248,7 +248,10 @@ class LatteDiT(SequenceParallelModel, nn.Module):
         """
         cfg = self.config
         n = frame_valid.sum(dim=1)  # (B,)
-        if bool((n > cfg.frame_limit).any()):
+        # only a clip longer than the limit can exceed it: shorter ones (every call under torch.compile, where
+        # a value check would need the host) need no read of n
+        if frame_valid.shape[1] > cfg.frame_limit and not torch.compiler.is_compiling() and bool(
+                (n > cfg.frame_limit).any()):
             raise ValueError(f"x: {int(n.max())} frames exceed max_frames={cfg.frame_limit} (the temporal table is "
                              f"interpolated from the trained num_frames={cfg.num_frames} up to max_frames; raise "
                              "max_frames in the config, or generate longer videos autoregressively)")
@@ -314,7 +317,7 @@ class LatteDiT(SequenceParallelModel, nn.Module):
             table = self.temporal_table(valid.to(tokens.device))  # (B, T, D)
         spatial = M.spatial(grid)
         temporal = M.temporal(grid)
-        if frame_valid is not None and not bool(frame_valid.all()):
+        if frame_valid is not None:  # (asking whether every frame is valid would read the flags back to the host)
             temporal = temporal & M.key_mask(frame_valid.to(tokens.device).repeat_interleave(h * w, dim=1))
         sp = self.sequence_parallel
         x = tokens if sp is None else sp.shard(tokens, 1)  # (B, n, D): this rank's tokens
@@ -410,7 +413,7 @@ class LatteDiT(SequenceParallelModel, nn.Module):
             if mask.dtype == torch.bool:
                 keep = mask
             else:
-                if not bool(((mask == 0) | (mask == 1)).all()):
+                if not torch.compiler.is_compiling() and not bool(((mask == 0) | (mask == 1)).all()):
                     raise ValueError("encoder_attention_mask: expected 1 = keep, 0 = padding (bool or 0/1), got "
                                      f"values {torch.unique(mask).tolist()[:6]} (an additive bias is not accepted)")
                 keep = mask == 1
