@@ -26,7 +26,8 @@ def _graphs() -> int:
     return counters["stats"]["unique_graphs"]
 
 
-def _wan(patterns=(P(kind="window_3d", window=(3, 3, 3)), "spatial", "temporal", "frame_causal")):
+def _wan(patterns=None):
+    patterns = patterns or (P(kind="window_3d", window=(3, 3, 3)), "spatial", "temporal", "frame_causal")
     torch.manual_seed(0)
     return WanDiT(WanConfig.preset("tiny", num_layers=len(patterns), attention=list(patterns)))
 

@@ -58,7 +58,8 @@ from veil.masks.video import (
 )
 
 __all__ = [
-    "GEMMA_FILL", "And", "AtPositions", "at_positions", "block_is_empty", "Causal", "Chunked", "Context", "Document", "FrameCausal", "Full", "KeyMask",
+    "GEMMA_FILL", "And", "AtPositions", "at_positions", "block_is_empty", "Causal", "Chunked", "Context", "Document",
+    "FrameCausal", "Full", "KeyMask",
     "KeyPadding", "Mask", "Not", "Or", "Packed", "PrefixLM", "QueryPadding", "Region", "SlidingWindow", "Spatial",
     "Temporal", "TensorRef", "TileWindow", "Window3D", "causal", "chunked", "conjoin", "conjuncts", "document",
     "fill_value", "frame_causal", "from_tile_order", "full", "key_mask", "key_padding", "packed", "parse",

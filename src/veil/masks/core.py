@@ -14,8 +14,8 @@ Legend: B batch, H heads, Q query length, K key length.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
