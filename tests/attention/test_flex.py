@@ -22,6 +22,11 @@ CASES = {
     "kv_cache_causal_padding": (3, 9, M.causal() & M.key_padding([9, 5, 2])),
     "packed_cross": (7, 10, M.packed([2, 0, 4, 1], [3, 2, 0, 5])),
     "document_causal": (10, 10, M.document(DOCS) & M.causal()),
+    # the sparse patterns of 2024-25, lowered to a BlockMask through their predicates
+    "sink_window": (10, 10, (M.sink(2) | M.sliding_window(3)) & M.causal()),
+    "radial": (12, 12, M.radial((6, 1, 2), min_width=1, sink_frames=1)),
+    "window_3d_shift_dilated": (12, 12, M.window_3d((2, 2, 3), (1, 1, 3), dilation=(1, 2, 1), border="shift")),
+    "per_head": (12, 12, M.per_head([M.spatial((3, 2, 2)), M.temporal((3, 2, 2))] * 2)),
 }
 
 

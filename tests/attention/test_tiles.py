@@ -24,6 +24,15 @@ CASES = [
     (M.tile_window(G, (1, 2, 3), (3, 1, 2)), 72, 72),
     (M.tile_window(G, (1, 2, 2), (2, 2, 3), order="tile"), 72, 72),
     (M.spatial(G) & M.key_padding(torch.tensor([50, 72])), 72, 72),
+    (M.window_3d(G, (3, 3, 3), border="shift"), 72, 72),
+    (M.window_3d(G, (1, 3, 3), dilation=(1, 2, 2)), 72, 72),
+    (M.window_3d(G, (3, 3, 3), dilation=(1, 1, 2), border="shift"), 72, 72),
+    (M.radial((6, 3, 4), sink_frames=1), 72, 72),
+    (M.radial((6, 3, 4), min_width=4, decay=0.5), 72, 72),
+    (M.per_head([M.spatial(G), M.temporal(G), M.temporal(G), M.window_3d(G, (3, 1, 3))]), 72, 72),
+    (M.per_head([M.spatial(G), M.frame_causal(G)] * 2) & M.key_padding(torch.tensor([40, 72])), 72, 72),
+    ((M.sink(4) | M.sliding_window(8)) & M.causal(), 45, 45),
+    ((M.sliding_window(8) | M.sink(3)) & M.causal(), 6, 45),  # decoding against a cache
 ]
 
 

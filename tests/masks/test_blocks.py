@@ -50,7 +50,8 @@ def _check_blocks(mask, q, k, exact: bool):
 @pytest.mark.parametrize("mask, q, k", [
     (M.causal(), 7, 7), (M.causal(), 3, 8), (M.sliding_window(3), 8, 8), (M.sliding_window(2, causal=False), 8, 8),
     (M.chunked(3), 8, 8), (M.prefix_lm(3), 8, 8), (M.causal() & M.sliding_window(4), 8, 8),
-    (M.sliding_window(2) | M.chunked(4), 8, 8),
+    (M.sliding_window(2) | M.chunked(4), 8, 8), (M.sink(2), 8, 8),
+    ((M.sink(1) | M.sliding_window(2)) & M.causal(), 8, 8),
 ])
 def test_block_is_empty_is_exact_for_sequence_structures(mask, q, k):
     _check_blocks(mask, q, k, exact=True)
@@ -75,6 +76,19 @@ def test_block_is_empty_is_exact_along_time_for_frame_blocks(mask):
 @settings(max_examples=80, deadline=None)
 @given(st.data())
 def test_block_is_empty_is_sound_for_any_composition(data):
+    if data.draw(st.booleans()):  # the new video patterns too: dilated / shifted windows, radial, per-head
+        grid = data.draw(st.sampled_from([(4, 1, 2), (3, 2, 2), (5, 1, 3)]))
+        q = k = grid[0] * grid[1] * grid[2]
+        mask = data.draw(st.sampled_from([
+            M.window_3d(grid, (3, 1, 1), border="shift"), M.window_3d(grid, (3, 1, 1), dilation=(2, 1, 1)),
+            M.window_3d(grid, (3, 1, 3), dilation=(2, 1, 1), border="shift"), M.radial(grid, sink_frames=1),
+            M.per_head([M.spatial(grid), M.window_3d(grid, (1, 1, 1), border="shift")])]))
+        full = mask.to_bool(1, 2, q, k)
+        q0, k0 = data.draw(st.integers(0, q - 1)), data.draw(st.integers(0, k - 1))
+        q1, k1 = data.draw(st.integers(q0 + 1, q)), data.draw(st.integers(k0 + 1, k))
+        if M.block_is_empty(mask, (q0, q1), (k0, k1), q, k):
+            assert not bool(full[:, :, q0:q1, k0:k1].any())
+        return
     if data.draw(st.booleans()):
         grid = data.draw(st.tuples(st.integers(1, 3), st.integers(1, 3), st.integers(1, 3)))
         q = k = grid[0] * grid[1] * grid[2]

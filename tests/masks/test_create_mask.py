@@ -44,6 +44,8 @@ LEAVES = [
     M.document(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1, 1, 2])),
     M.document(torch.tensor([[0, 1, 1], [1, 1, 1]]), torch.tensor([[0, 0, 1, 1, 1], [0, 1, 0, 1, 0]])),
     M.packed([2, 1], kv_seqlens=[3, 2]),
+    M.sink(2),
+    (M.sink(1) | M.sliding_window(2)) & M.causal(),
 ]
 
 
@@ -61,11 +63,25 @@ def test_every_sequence_constructor_q_ne_k(mask):
         M.window_3d((2, 2, 3), (3, 1, 3)),
         M.tile_window((2, 2, 3), (1, 2, 1), (1, 1, 2)),
         M.tile_window((2, 2, 3), (1, 2, 1), (1, 1, 2), order="tile"),
+        M.window_3d((2, 2, 3), (1, 1, 3), border="shift"),
+        M.window_3d((2, 2, 3), (1, 3, 3), dilation=(1, 1, 2), border="shift"),
+        M.window_3d((2, 2, 3), (3, 1, 3), dilation=(2, 1, 2)),
+        M.radial((2, 2, 3)),
+        M.radial((3, 2, 2), min_width=2, sink_frames=1),
     ],
     ids=repr,
 )
 def test_every_video_constructor(mask):
     assert_agrees(mask, 1, 1, 12, 12)
+
+
+def test_per_head_mask_depends_on_the_head():
+    g = (2, 2, 3)
+    mask = M.per_head([M.spatial(g), M.temporal(g), M.causal()])
+    assert_agrees(mask, 1, 3, 12, 12)
+    dense = mask.to_bool(1, 3, 12, 12)[0]
+    for h, m in enumerate(mask.masks):
+        assert torch.equal(dense[h], m.to_bool(1, 1, 12, 12)[0, 0])
 
 
 @SETTINGS
@@ -107,6 +123,9 @@ def block_any(allowed: torch.Tensor, bs: int) -> torch.Tensor:
         (M.sliding_window(3), 1),
         (M.causal() & M.key_padding(torch.tensor([5, 8])), 2),
         (M.document(torch.tensor([0, 0, 0, 1, 1, 1, 1, 2])) | M.prefix_lm(2), 1),
+        ((M.sink(2) | M.sliding_window(2)) & M.causal(), 1),
+        (M.radial((4, 1, 2), min_width=1), 1),
+        (M.window_3d((2, 2, 2), (1, 1, 1), border="shift", dilation=(1, 2, 1)), 1),
     ],
     ids=repr,
 )

@@ -275,3 +275,51 @@ def test_at_positions_evaluates_the_mask_at_the_given_positions():
         M.at_positions(M.causal(), torch.tensor([1]), kv).to_bool(1, 1, 1, 4)
     with pytest.raises(TypeError, match="q_positions"):
         M.at_positions(M.causal(), torch.tensor([1.0]), kv)
+
+
+def test_sink_keeps_the_first_keys():
+    check(M.sink(2), 3, 4, [[1, 1, 0, 0]] * 3)
+    # StreamingLLM: the sink and a causal window of 2
+    check((M.sink(1) | M.sliding_window(2)) & M.causal(), 5, 5,
+          [[1, 0, 0, 0, 0], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [1, 0, 1, 1, 0], [1, 0, 0, 1, 1]])
+
+
+def test_window_3d_shifted_border_keeps_whole_windows():
+    # 1D along w: width 3 moved to stay inside 5 tokens (NATTEN), against clipping
+    check(M.window_3d((1, 1, 5), (1, 1, 3), border="shift"), 5, 5,
+          [[1, 1, 1, 0, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 1, 1, 1]])
+    check(M.window_3d((1, 1, 5), (1, 1, 3)), 5, 5,
+          [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 0, 1, 1]])
+
+
+def test_window_3d_dilated():
+    # dilation 2, width 3: every other token, 2 steps each side (clipped), or 3 members of the query's group (shift)
+    check(M.window_3d((1, 1, 7), (1, 1, 3), dilation=(1, 1, 2)), 7, 7,
+          [[1, 0, 1, 0, 0, 0, 0], [0, 1, 0, 1, 0, 0, 0], [1, 0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 0, 1, 0],
+           [0, 0, 1, 0, 1, 0, 1], [0, 0, 0, 1, 0, 1, 0], [0, 0, 0, 0, 1, 0, 1]])
+    check(M.window_3d((1, 1, 7), (1, 1, 3), dilation=(1, 1, 2), border="shift"), 7, 7,
+          [[1, 0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 0, 1, 0], [1, 0, 1, 0, 1, 0, 0], [0, 1, 0, 1, 0, 1, 0],
+           [0, 0, 1, 0, 1, 0, 1], [0, 1, 0, 1, 0, 1, 0], [0, 0, 1, 0, 1, 0, 1]])
+
+
+def test_radial_band_halves_as_the_distance_doubles():
+    # 5 frames of 4 tokens: S = 8; distances 0-1 whole frames, 2-3 a band of 2, 4 a band of 1
+    g = (5, 1, 4)
+    rows = M.radial(g).to_bool(1, 1, 20, 20)[0, 0].int()
+    assert rows[0].tolist() == [1] * 8 + [1, 1, 1, 0] + [1, 1, 1, 0] + [1, 1, 0, 0]
+    assert rows[3].tolist() == [1] * 8 + [0, 1, 1, 1] + [0, 1, 1, 1] + [0, 0, 1, 1]
+    assert rows[16].tolist() == [1, 1, 0, 0] + [1, 1, 1, 0] + [1, 1, 1, 0] + [1] * 8  # symmetric in time
+    # min_width 4: the band cannot shrink below 4, so far frames thin out (distance 3 dropped, 2 and 4 kept)
+    thin = M.radial(g, min_width=4).to_bool(1, 1, 20, 20)[0, 0].int()
+    assert thin[0].tolist() == [1] * 12 + [0] * 4 + [1] * 4
+    # a sink frame is seen by every query
+    assert M.radial(g, sink_frames=1).to_bool(1, 1, 20, 20)[0, 0, 19, :4].tolist() == [True] * 4
+
+
+def test_per_head_gives_each_head_its_mask():
+    got = M.per_head([M.causal(), M.sliding_window(2)]).to_bool(1, 2, 3, 3)[0].int()
+    assert got.tolist() == [[[1, 0, 0], [1, 1, 0], [1, 1, 1]], [[1, 0, 0], [1, 1, 0], [0, 1, 1]]]
+    with pytest.raises(ValueError, match="2 masks"):
+        M.per_head([M.causal(), M.causal()]).to_bool(1, 3, 3, 3)
+    with pytest.raises(TypeError, match="masks\\[1\\]"):
+        M.per_head([M.causal(), "causal"])

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from veil.masks.core import And, Context, Full, Mask, Not, Or, Tensor
-from veil.masks.sequence import Causal, Chunked, PrefixLM, SlidingWindow, _check_int
+from veil.masks.core import And, Context, Full, Mask, Not, Or, PerHead, Tensor
+from veil.masks.sequence import Causal, Chunked, PrefixLM, Sink, SlidingWindow, _check_int
 from veil.masks.video import FrameCausal, Spatial, TileWindow, Window3D
 
 
@@ -197,7 +197,8 @@ def block_is_empty(mask: Mask | None, q_range: tuple[int, int], kv_range: tuple[
         if isinstance(mask, FrameCausal):
             return tk0 > tq1
         if isinstance(mask, Window3D):
-            r = mask.window[0] // 2
+            w, d = mask.window[0], mask.dilation[0]
+            r = (w // 2) * d if mask.border == "clip" else (w - 1) * d  # a shifted window may sit to one side
             return tk0 > tq1 + r or tk1 < tq0 - r
         if mask.order == "raster":  # tile_window: the union of the windows along time
             tt, n, nt = mask.tile[0], mask.window[0], mask.tiles[0]
@@ -205,6 +206,10 @@ def block_is_empty(mask: Mask | None, q_range: tuple[int, int], kv_range: tuple[
             hi = min(max(tq1 // tt - n // 2, 0), nt - n) + n - 1
             return tk0 // tt > hi or tk1 // tt < lo
         return False
+    if isinstance(mask, Sink):
+        return k0 >= mask.n
+    if isinstance(mask, PerHead):
+        return all(block_is_empty(m, q_range, kv_range, q_len, kv_len) for m in mask.masks)
     if isinstance(mask, Not) and isinstance(mask.inner, Full):
         return True
     return False

@@ -430,3 +430,63 @@ def conjoin(parts: list[Mask]) -> Mask:
     for p in parts:
         out = out & p
     return out
+
+
+class PerHead(Mask):
+    """One mask per attention head (see :func:`per_head`)."""
+
+    kind = "per_head"
+    head_dependent = True
+
+    def __init__(self, masks: tuple[Mask, ...]):
+        self.masks = masks
+        self.batch_dependent = any(m.batch_dependent for m in masks)
+
+    def children(self):
+        return self.masks
+
+    def validate(self, batch, heads, q_len, kv_len, device):
+        if heads != len(self.masks):
+            raise ValueError(f"masks: per_head has {len(self.masks)} masks, the attention call has {heads} heads")
+        super().validate(batch, heads, q_len, kv_len, device)
+
+    def predicate(self, ctx, b, h, q, k):
+        out = None
+        for i, m in enumerate(self.masks):
+            keep = m.predicate(ctx, b, h, q, k)
+            out = keep if out is None else torch.where(h == i, keep, out)
+        return out
+
+    def groups(self) -> list[tuple[Mask, list[int]]]:
+        """The distinct masks and the heads of each, in order of first appearance."""
+        out: dict[Mask, list[int]] = {}
+        for i, m in enumerate(self.masks):
+            out.setdefault(m, []).append(i)
+        return list(out.items())
+
+    def _key(self):
+        return self.masks
+
+    def __repr__(self):
+        return f"per_head([{', '.join(repr(m) for m in self.masks)}])"
+
+
+def per_head(masks) -> Mask:
+    """Head ``h`` keeps what ``masks[h]`` keeps: a mask that depends on the head, in one attention call.
+
+    Sparse VideoGen's spatial and temporal heads are ``per_head([spatial(g)] * 6 + [temporal(g)] * 6)``. The
+    list has one entry per query head (GQA: query heads; a key/value head serves heads of any masks).
+
+    Raises:
+        TypeError: an entry is not a Mask, or depends on the head itself.
+        ValueError: an empty list; at lowering, a head count other than ``len(masks)``.
+    """
+    masks = tuple(masks) if isinstance(masks, (list, tuple)) else masks
+    if not isinstance(masks, tuple) or not masks:
+        raise ValueError(f"masks: expected a non-empty list of masks, one per head, got {masks!r}")
+    for i, m in enumerate(masks):
+        if not isinstance(m, Mask):
+            raise TypeError(f"masks[{i}]: expected a veil Mask, got {type(m).__name__}")
+        if m.head_dependent:
+            raise TypeError(f"masks[{i}]: a per_head entry must not depend on the head itself, got {m!r}")
+    return PerHead(masks)

@@ -24,13 +24,15 @@ _CONSTRUCTORS = {
     "packed": sequence.packed,
     "prefix_lm": lambda n: sequence.prefix_lm(torch.tensor(n) if isinstance(n, (list, tuple)) else n),
     "chunked": sequence.chunked,
+    "sink": sequence.sink,
     "spatial": video.spatial,
     "temporal": video.temporal,
     "frame_causal": video.frame_causal,
     "window_3d": video.window_3d,
     "tile_window": video.tile_window,
+    "radial": video.radial,
 }
-_VIDEO = {"spatial", "temporal", "frame_causal", "window_3d", "tile_window"}
+_VIDEO = {"spatial", "temporal", "frame_causal", "window_3d", "tile_window", "radial"}
 # the arguments a video constructor needs before its optional ones; ``grid`` is the first of them
 _VIDEO_ARGS = {"window_3d": ("grid", "window"), "tile_window": ("grid", "tile", "window")}
 

@@ -96,6 +96,35 @@ def sliding_window(window: int, causal: bool = True) -> Mask:
     return SlidingWindow(window, causal)
 
 
+class Sink(Mask):
+    kind = "sink"
+
+    def __init__(self, n: int):
+        self.n = _check_int("n", n, 0)
+
+    def predicate(self, ctx, b, h, q, k):
+        return k < self.n
+
+    def _key(self):
+        return (self.n,)
+
+    def __repr__(self):
+        return f"sink({self.n})"
+
+
+def sink(n: int) -> Mask:
+    """Keeps the first ``n`` keys, ``k < n`` (absolute key positions): attention sinks.
+
+    StreamingLLM's sink tokens beside a sliding window: ``(sink(4) | sliding_window(w)) & causal()``. With a KV
+    cache the keys must keep their absolute positions: a ring buffer drops the first tokens (``DecoderLM`` gives
+    its sink layers a static cache).
+
+    Raises:
+        ValueError: ``n < 0``.
+    """
+    return Sink(n)
+
+
 class _Lengths(Mask):
     batch_dependent = True
     axis = "key"

@@ -103,37 +103,72 @@ def frame_causal(grid: Grid) -> Mask:
 class Window3D(_GridMask):
     kind = "window_3d"
 
-    def __init__(self, grid: Grid, window: Grid):
+    def __init__(self, grid: Grid, window: Grid, dilation: Grid = (1, 1, 1),
+                 border: Literal["clip", "shift"] = "clip"):
         super().__init__(grid)
         self.window = _check_triple("window", window, "odd positive ints")
         if any(v % 2 == 0 for v in self.window):
             raise ValueError(f"window: expected odd extents (a box centred on the query), got {self.window}")
+        self.dilation = _check_triple("dilation", dilation, "positive ints")
+        if border not in ("clip", "shift"):
+            raise ValueError(f"border: expected 'clip' or 'shift', got {border!r}")
+        self.border = border
+
+    def axis_keep(self, axis: int, cq: Tensor, ck: Tensor) -> Tensor:
+        """Along one axis: is coordinate ``ck`` in the window of ``cq``?"""
+        w, d, n = self.window[axis], self.dilation[axis], self.grid[axis]
+        r = w // 2
+        if self.border == "clip":
+            diff = ck - cq
+            keep = diff.abs() <= r * d
+            return keep if d == 1 else keep & (diff % d == 0)
+        # shift (NATTEN): within the query's dilation group (coordinates = cq mod d), a window of w group members
+        # centred on the query, moved to lie inside the group
+        group = cq % d
+        members = torch.div(n - group + d - 1, d, rounding_mode="floor")  # tokens of the group along this axis
+        iq = torch.div(cq, d, rounding_mode="floor")
+        start = torch.minimum(torch.clamp(iq - r, min=0), torch.clamp(members - w, min=0))
+        ik = torch.div(ck, d, rounding_mode="floor")
+        keep = (ik >= start) & (ik < start + w)
+        return keep if d == 1 else keep & (ck % d == group)
 
     def predicate(self, ctx, b, h, q, k):
-        tq, hq, wq = self.coords(q)
-        tk, hk, wk = self.coords(k)
-        rt, rh, rw = (v // 2 for v in self.window)
-        return ((tq - tk).abs() <= rt) & ((hq - hk).abs() <= rh) & ((wq - wk).abs() <= rw)
+        cq, ck = self.coords(q), self.coords(k)
+        return self.axis_keep(0, cq[0], ck[0]) & self.axis_keep(1, cq[1], ck[1]) & self.axis_keep(2, cq[2], ck[2])
 
     def _key(self):
-        return (self.grid, self.window)
+        return (self.grid, self.window, self.dilation, self.border)
 
     def __repr__(self):
-        return f"window_3d({self.grid}, {self.window})"
+        extra = "" if self.dilation == (1, 1, 1) else f", dilation={self.dilation}"
+        extra += "" if self.border == "clip" else f", border={self.border!r}"
+        return f"window_3d({self.grid}, {self.window}{extra})"
 
 
-def window_3d(grid: Grid, window: Grid) -> Mask:
-    """Keeps keys in a box centred on the query, clipped at the grid's borders.
+def window_3d(grid: Grid, window: Grid, dilation: Grid = (1, 1, 1),
+              border: Literal["clip", "shift"] = "clip") -> Mask:
+    """Keeps keys in a box of ``window = (wt, wh, ww)`` tokens (odd extents) around the query.
 
-    Key ``k`` is kept when ``|t_k - t_q| <= wt // 2``, ``|h_k - h_q| <= wh // 2`` and
-    ``|w_k - w_q| <= ww // 2``. A finite ``wt`` with full ``wh, ww`` is the local temporal window of the
-    Wan article.
+    Along each axis (coordinate ``c``, length ``n``, extent ``w``, radius ``r = w // 2``, dilation ``d``):
+
+    - ``border="clip"`` (default): ``|c_k - c_q| <= r * d`` and ``c_k - c_q`` a multiple of ``d``; near the
+      grid's borders the box is cut, so a query there sees fewer keys. ``(wt, large, large)`` is the Wan article's
+      local temporal window.
+    - ``border="shift"`` (NATTEN's neighbourhood): the query's group is the coordinates ``= c_q (mod d)``, of
+      ``m = ceil((n - c_q mod d) / d)`` members; with ``i = c // d`` the key is kept when it is in the group and
+      ``s <= i_k < s + w`` where ``s = min(max(i_q - r, 0), max(m - w, 0))``: the window moves to stay inside the
+      grid, so every query sees ``min(w, m)`` keys along the axis.
+
+    ``d = 1`` is a plain box. Dilation spreads the same number of keys over ``d`` times the span (NATTEN's
+    dilated neighbourhood attention).
 
     Args:
         grid: ``(T, H, W)`` token grid, raster order.
-        window: odd box extents ``(wt, wh, ww)`` in tokens; an extent >= twice the grid's is "all".
+        window: odd box extents ``(wt, wh, ww)`` in tokens; with ``"clip"`` an extent >= twice the grid's is "all".
+        dilation: ``(dt, dh, dw)`` positive ints.
+        border: ``"clip"`` or ``"shift"``.
     """
-    return Window3D(grid, window)
+    return Window3D(grid, window, dilation, border)
 
 
 class TileWindow(_GridMask):
@@ -233,3 +268,75 @@ def from_tile_order(x: Tensor, grid: Grid, tile: Grid, dim: int = -2) -> Tensor:
     if x.shape[dim] != perm.numel():
         raise ValueError(f"x: expected {perm.numel()} tokens along dim {dim} for grid {grid}, got {x.shape[dim]}")
     return x.index_select(dim, torch.argsort(perm))
+
+
+class Radial(_GridMask):
+    kind = "radial"
+
+    def __init__(self, grid: Grid, *, decay: float = 1.0, min_width: int = 1, dense_distance: int = 1,
+                 sink_frames: int = 0):
+        super().__init__(grid)
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not decay > 0:
+            raise ValueError(f"decay: expected a positive number, got {decay!r}")
+        for name, value, low in (("min_width", min_width, 1), ("dense_distance", dense_distance, 0),
+                                 ("sink_frames", sink_frames, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name}: expected an int >= {low}, got {value!r}")
+        self.decay, self.min_width = float(decay), min_width
+        self.dense_distance, self.sink_frames = dense_distance, sink_frames
+        t, h, w = self.grid
+        per_frame = h * w
+        span = 2 ** per_frame.bit_length()  # the official code's 2 ** bit_length(tokens per frame)
+        widths, frames = [], []
+        for dist in range(t):  # per temporal distance: the spatial half-width, and whether the frame pair is kept
+            if dist <= dense_distance:
+                widths.append(per_frame)
+                frames.append(True)
+                continue
+            base = span / 2 ** dist.bit_length()  # halves each time the distance doubles
+            widths.append(int(max(base * self.decay, min_width)))
+            frames.append(base >= min_width or dist % int(min_width / base) == 0)
+        self._widths = torch.tensor(widths, dtype=torch.long)
+        self._frames = torch.tensor(frames, dtype=torch.bool)
+
+    def predicate(self, ctx, b, h, q, k):
+        hw = self.grid[1] * self.grid[2]
+        tq, tk = q // hw, k // hw
+        dist = (tq - tk).abs()
+        near = ((q % hw) - (k % hw)).abs() <= self._widths.to(ctx.device)[dist]
+        keep = self._frames.to(ctx.device)[dist] & near
+        return keep | (tk < self.sink_frames) if self.sink_frames else keep
+
+    def _key(self):
+        return (self.grid, self.decay, self.min_width, self.dense_distance, self.sink_frames)
+
+    def __repr__(self):
+        return (f"radial({self.grid}, decay={self.decay}, min_width={self.min_width}, "
+                f"dense_distance={self.dense_distance}, sink_frames={self.sink_frames})")
+
+
+def radial(grid: Grid, *, decay: float = 1.0, min_width: int = 1, dense_distance: int = 1,
+           sink_frames: int = 0) -> Mask:
+    """Radial Attention's static mask: a spatial band that halves each time the temporal distance doubles.
+
+    `Radial Attention <https://arxiv.org/abs/2506.19852>`_ (Li et al., 2025), at token level. With ``P = H * W``
+    tokens per frame, ``s`` a token's raster index inside its frame, ``S = 2 ** bit_length(P)`` and
+    ``d = |t_q - t_k|``, key ``k`` is kept when
+
+    - ``t_k < sink_frames`` (whole sink frames), or
+    - ``d <= dense_distance`` (whole frames), or
+    - ``|s_k - s_q| <= max(S * decay / 2 ** g, min_width)`` with ``g = bit_length(d)``, and the frame pair is
+      kept: when ``S / 2 ** g < min_width`` only distances ``d`` that are multiples of
+      ``floor(min_width / (S / 2 ** g))`` are (the band cannot shrink below ``min_width``, so the frames thin out).
+
+    The pairs kept per query fall geometrically with the distance: O(n log n) pairs in all. The official Wan
+    setting, before its rounding to 128 x 128 blocks, is ``radial(grid, decay=0.5, min_width=128, sink_frames=1)``.
+
+    Args:
+        grid: ``(T, H, W)`` token grid, raster order.
+        decay: scales the band width (the official code's ``decay_factor``).
+        min_width: the narrowest band (the official code uses its block size, 128).
+        dense_distance: frames this close attend to each other whole (the official code: 1).
+        sink_frames: the first frames every query sees whole (an attention sink; the official Wan setting: 1).
+    """
+    return Radial(grid, decay=decay, min_width=min_width, dense_distance=dense_distance, sink_frames=sink_frames)

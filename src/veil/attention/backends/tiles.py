@@ -14,6 +14,7 @@ Legend: B batch, H heads, nb blocks, bq queries per block, bk keys per block, D 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -28,11 +29,16 @@ from veil.masks import (
     Context,
     FrameCausal,
     Mask,
+    Or,
+    PerHead,
+    Radial,
+    Sink,
     SlidingWindow,
     Spatial,
     Temporal,
     TileWindow,
     Window3D,
+    conjoin,
     conjuncts,
     tile_permutation,
 )
@@ -152,30 +158,93 @@ def _box_plan(grid, q_box, k_lo, k_hi, q_order: Tensor | None = None) -> tuple[T
     return q_idx, k_idx, valid
 
 
+def _divisor(n: int, target: int) -> int:
+    """The largest divisor of ``n`` that is at most ``max(1, target)``."""
+    return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, target))
+
+
 def _plan_window_3d(m: Window3D, q_len: int, kv_len: int) -> Plan:
     grid = m.grid
     # query tiles of ~32 tokens in one frame, divisors of the grid: a key box is the query box grown by the
     # window, so small boxes waste less. Measured at 16x32x32, window (3, 9, 9), 1 thread, CPU time: boxes
     # (1, 4, 8) 14% of the ideal speed-up, (1, 8, 8) 12.5%, (1, 8, 16) 11.4%, (1, 4, 4) 7.7%.
-    def divisor(n: int, target: int) -> int:
-        return max(d for d in range(1, n + 1) if n % d == 0 and d <= max(1, target))
-
-    bw = divisor(grid[2], 8)
-    bh = divisor(grid[1], max(1, 32 // bw))
+    bw = _divisor(grid[2], 8)
+    bh = _divisor(grid[1], max(1, 32 // bw))
     q_box = (1, bh, bw)
-    r = [v // 2 for v in m.window]
-    lo = [
-        lambda ti, hi_, wi: (ti * q_box[0] - r[0]).clamp(min=0),
-        lambda ti, hi_, wi: (hi_ * q_box[1] - r[1]).clamp(min=0),
-        lambda ti, hi_, wi: (wi * q_box[2] - r[2]).clamp(min=0),
-    ]
-    hi = [
-        lambda ti, hi_, wi: ((ti + 1) * q_box[0] + r[0]).clamp(max=grid[0]),
-        lambda ti, hi_, wi: ((hi_ + 1) * q_box[1] + r[1]).clamp(max=grid[1]),
-        lambda ti, hi_, wi: ((wi + 1) * q_box[2] + r[2]).clamp(max=grid[2]),
-    ]
+
+    def bounds(axis: int):
+        w, d, n, box = m.window[axis], m.dilation[axis], grid[axis], q_box[axis]
+        r = w // 2
+        if m.border == "shift" and d == 1:  # the window start clamp(c - r, 0, n - w) grows with c: tight bounds
+            def lo(c):
+                return (c * box - r).clamp(min=0, max=max(n - w, 0))
+
+            def hi(c):
+                return ((c * box + box - 1 - r).clamp(min=0, max=max(n - w, 0)) + w).clamp(max=n)
+            return lo, hi
+        # clip: |c_k - c_q| <= r d; shift with dilation: the window may sit up to (w - 1) d on one side
+        reach = r * d if m.border == "clip" else (w - 1) * d
+        return (lambda c: (c * box - reach).clamp(min=0)), (lambda c: (c * box + box + reach).clamp(max=n))
+
+    (lt, ht), (lh, hh), (lw, hw) = bounds(0), bounds(1), bounds(2)
+    lo = [lambda ti, hi_, wi: lt(ti), lambda ti, hi_, wi: lh(hi_), lambda ti, hi_, wi: lw(wi)]
+    hi = [lambda ti, hi_, wi: ht(ti), lambda ti, hi_, wi: hh(hi_), lambda ti, hi_, wi: hw(wi)]
     q_idx, k_idx, valid = _box_plan(grid, q_box, lo, hi)
     return Plan(q_idx, k_idx, valid, False, m, q_idx.shape[1])
+
+
+def _plan_radial(m: Radial, q_len: int, kv_len: int) -> Plan:
+    """Blocks of ``bq`` tokens inside one frame; per key frame, the band around the block (a whole frame when near,
+    a sink, or wider than the frame), nothing for the frames the mask thins out."""
+    t, h, w = m.grid
+    per_frame = h * w
+    bq = _divisor(per_frame, 64)
+    chunks = per_frame // bq
+    s0 = torch.arange(chunks) * bq  # (chunks,) first spatial index of each block
+    q_idx, k_idx, k_ok = [], [], []
+    widths, frames = m._widths.tolist(), m._frames.tolist()
+    for tq in range(t):
+        parts, oks = [], []
+        for tk in range(t):
+            dist = abs(tq - tk)
+            if tk < m.sink_frames:
+                lo, hi = torch.zeros(chunks, dtype=torch.long), torch.full((chunks,), per_frame)
+            elif frames[dist]:
+                lo = (s0 - widths[dist]).clamp(min=0)
+                hi = (s0 + bq + widths[dist]).clamp(max=per_frame)
+            else:
+                continue
+            span = int((hi - lo).max())
+            idx = lo[:, None] + torch.arange(span)[None]  # (chunks, span)
+            oks.append(idx < hi[:, None])
+            parts.append(tk * per_frame + idx.clamp(max=per_frame - 1))
+        q_idx.append(tq * per_frame + s0[:, None] + torch.arange(bq)[None])
+        k_idx.append(torch.cat(parts, dim=1))
+        k_ok.append(torch.cat(oks, dim=1))
+    bk = max(x.shape[1] for x in k_idx)  # frames differ in how many bands they see: pad to the widest
+
+    def pad(x: Tensor, value) -> Tensor:
+        return torch.nn.functional.pad(x, (0, bk - x.shape[1]), value=value)
+    kv_valid = torch.cat([pad(x, False) for x in k_ok])
+    return Plan(torch.cat(q_idx), torch.cat([pad(x, 0) for x in k_idx]), kv_valid, False, m, bq)
+
+
+def _plan_sink_window(m: Or, q_len: int, kv_len: int) -> Plan | None:
+    """``sink(n) | sliding_window(w)`` (either order): the window's blocks with the sink keys in front, each sink
+    key once (marked invalid where the block's window already holds it)."""
+    kinds = {type(m.left): m.left, type(m.right): m.right}
+    snk, win = kinds.get(Sink), kinds.get(SlidingWindow)
+    if snk is None or win is None or not win.causal:
+        return None
+    plan = _plan_sliding(win, q_len, kv_len)
+    n = min(snk.n, kv_len)
+    nb = plan.num_blocks
+    start = torch.arange(nb) * plan.bq + (kv_len - q_len) - win.window + 1  # each block's first window key
+    sink_idx = torch.arange(n).expand(nb, n)
+    sink_ok = sink_idx < start[:, None]
+    win_ok = plan.kv_valid if plan.kv_valid is not None else torch.ones_like(plan.kv_index, dtype=torch.bool)
+    return Plan(None, torch.cat([sink_idx, plan.kv_index], dim=1), torch.cat([sink_ok, win_ok], dim=1), False, m,
+                plan.bq)
 
 
 def _plan_tile_window(m: TileWindow, q_len: int, kv_len: int) -> Plan:
@@ -211,6 +280,8 @@ _PLANNERS = {
     FrameCausal: _plan_frame_causal,
     Window3D: _plan_window_3d,
     TileWindow: _plan_tile_window,
+    Radial: _plan_radial,
+    Or: _plan_sink_window,
 }
 _PLAN_CACHE: OrderedDict[tuple, Plan | None] = OrderedDict()
 
@@ -227,7 +298,7 @@ def plan_for(mask: Mask | None, q_len: int, kv_len: int) -> Plan | None:
     local = tuple(p for p in parts if type(p) in _PLANNERS)
     if not local:
         return None
-    key = (local, len(parts) > len(local), q_len, kv_len)
+    key = (tuple(p.cache_key() for p in local), len(parts) > len(local), q_len, kv_len)
     if key in _PLAN_CACHE:
         _PLAN_CACHE.move_to_end(key)
         return _PLAN_CACHE[key]
@@ -424,10 +495,39 @@ def _fold_attention(q, k, v, mask, fold, scale, softcap):
     return torch.stack(outs, dim=0)
 
 
+def head_groups(mask: Mask | None) -> list[tuple[Mask, list[int]]] | None:
+    """For a mask with one ``per_head`` conjunct: each distinct per-head mask (with the other conjuncts) and its
+    heads; None otherwise."""
+    parts = conjuncts(mask) if mask is not None else []
+    found = [p for p in parts if isinstance(p, PerHead)]
+    if len(found) != 1:
+        return None
+    rest = [p for p in parts if p is not found[0]]
+    return [(conjoin([*rest, m]), heads) for m, heads in found[0].groups()]
+
+
+def _per_head_attention(q, k, v, groups, scale, softcap, group_bytes):
+    """Each group of heads with its own mask: one tiles call per distinct mask (GQA: each query head with its
+    key/value head), then the heads back in order."""
+    g = q.shape[1] // k.shape[1]
+    outs, order = [], []
+    for sub, heads in groups:
+        idx = torch.tensor(heads, device=q.device)
+        kv = torch.div(idx, g, rounding_mode="floor")
+        outs.append(tiles_attention(q.index_select(1, idx), k.index_select(1, kv), v.index_select(1, kv), sub,
+                                    scale, softcap, group_bytes=group_bytes))
+        order.extend(heads)
+    inv = torch.argsort(torch.tensor(order, device=q.device))
+    return torch.cat(outs, dim=1).index_select(1, inv)  # (B, H, Q, Dv)
+
+
 def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = None):
     """The backend function; ``group_bytes`` overrides the per-group memory budget (tests)."""
     b, h, q_len, _ = q.shape
     kv_len = k.shape[2]
+    groups = head_groups(mask)
+    if groups is not None:
+        return _per_head_attention(q, k, v, groups, scale, softcap, group_bytes)
     plan = plan_for(mask, q_len, kv_len)
     if plan is None:
         raise ValueError(f"mask: backend 'tiles' needs a local mask (sliding_window, spatial, ...), got {mask!r}")
@@ -484,12 +584,21 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
 
 
 def _supports(call: Call) -> str | None:
+    groups = head_groups(call.mask)
+    if groups is not None:
+        if all(plan_for(sub, call.q_len, call.kv_len) is not None for sub, _ in groups):
+            return None
+        return "per_head: every head's mask needs a local part"
     if plan_for(call.mask, call.q_len, call.kv_len) is None:
         return "needs a local mask (sliding_window, chunked, spatial, temporal, frame_causal, window_3d, tile_window)"
     return None
 
 
 def _cost(call: Call) -> float:
+    groups = head_groups(call.mask)
+    if groups is not None:
+        return sum(_cost(dataclasses.replace(call, q_heads=len(heads), kv_heads=len(heads), mask=sub))
+                   for sub, heads in groups)
     plan = plan_for(call.mask, call.q_len, call.kv_len)
     per_pair = call.batch * call.q_heads * (call.head_dim + 8)
     # small dense problems run a little less efficiently than one large one; gathers are memory traffic
