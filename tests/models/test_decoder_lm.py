@@ -12,6 +12,7 @@ import pytest
 import torch
 from transformers import Gemma2Config, Gemma2ForCausalLM, Gemma3ForCausalLM, Gemma3TextConfig
 
+import veil
 from veil.models import DECODER_PRESETS, DecoderConfig, DecoderLM
 from veil.models.convert_hf import config_from_transformers
 
@@ -209,6 +210,31 @@ def test_local_cache_memory_is_flat_in_the_context_length():
             ours.decode_step(torch.randint(0, V, (1,)), cache)
     assert all(layer.k.shape[2] == W for layer in cache.layers if layer.is_ring)
     assert cache.nbytes("local") == sizes[64][0]
+
+
+def test_attention_sinks_keep_the_first_tokens_in_every_local_layer():
+    torch.manual_seed(0)
+    plain = DecoderLM(DecoderConfig.preset("tiny-gemma3")).eval()
+    sinks = DecoderLM(DecoderConfig.preset("tiny-gemma3", attention_sinks=2)).eval()
+    sinks.load_state_dict(plain.state_dict())
+    ids = torch.randint(0, V, (2, 3 * W))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    with torch.no_grad():
+        # positions within the window of the first tokens cannot tell; later ones see the sinks
+        a, b = plain(ids, mask), sinks(ids, mask)
+        assert (a[:, :W] - b[:, :W]).abs().max() <= 1e-5 and (a[:, W + 2:] - b[:, W + 2:]).abs().max() > 1e-3
+        with veil.use_backend("reference"):
+            torch.testing.assert_close(sinks(ids, mask), b, atol=1e-5, rtol=1e-5)
+        # cached decoding keeps the sinks: local layers use static caches, and generation equals the greedy
+        # continuation of full forwards
+        cache = sinks.new_cache(2, 64)
+        assert not any(layer.is_ring for layer in cache.layers)
+        out = sinks.generate(ids, mask, max_new_tokens=10)
+        full = sinks(out, torch.cat([mask, torch.ones(2, 10, dtype=mask.dtype)], 1))
+        assert torch.equal(full[:, 3 * W - 1:-1].argmax(-1), out[:, 3 * W:])
+    with pytest.raises(ValueError, match="attention_sinks"):
+        DecoderConfig.preset("tiny-gemma3", attention_sinks=-1)
 
 
 def test_presets_mirror_hf_configs():

@@ -12,6 +12,7 @@ import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
+import veil
 from veil.models import AttentionPattern, TimestepExperts, WanConfig, WanDiT, WanMoE
 from veil.models.wan import _rename
 
@@ -280,6 +281,40 @@ def test_presets_have_the_released_shapes():
         assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == want
         if name == "wan2.1-t2v-1.3b":
             assert 1.3e9 < sum(p.numel() for p in ours.parameters()) < 1.5e9
+
+
+def test_sparse_video_patterns_of_2025():
+    full = WanDiT.from_diffusers(_diffusers()).eval()  # TINY: 2 heads
+    x, t, context, lengths = _inputs(frames=4)
+    with torch.no_grad():
+        spatial = _variant(full, attention="spatial")(x, t, context, lengths)
+        temporal = _variant(full, attention="temporal")(x, t, context, lengths)
+        # per_head: head 0 spatial, head 1 temporal (Sparse VideoGen). The auto (tiles) result equals the
+        # reference backend's, and differs from both single patterns
+        svg = _variant(full, attention=AttentionPattern(kind="per_head", heads=("spatial", "temporal")))
+        got = svg(x, t, context, lengths)
+        with veil.use_backend("reference"):
+            want = svg(x, t, context, lengths)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert (got - spatial).abs().max() > 1e-3 and (got - temporal).abs().max() > 1e-3
+        # a shifted 3D window as large as the grid is full attention; a radial mask whose band covers every frame too
+        dense = full(x, t, context, lengths)
+        whole = AttentionPattern(kind="window_3d", window=(5, 5, 5), border="shift")
+        assert (_variant(full, attention=whole)(x, t, context, lengths) - dense).abs().max() <= 1e-5
+        radial = AttentionPattern(kind="radial", radial={"dense_distance": 3})
+        assert (_variant(full, attention=radial)(x, t, context, lengths) - dense).abs().max() <= 1e-5
+        thin = _variant(full, attention=AttentionPattern(kind="radial", radial={"min_width": 4, "sink_frames": 1}))
+        got = thin(x, t, context, lengths)
+        with veil.use_backend("reference"):
+            want = thin(x, t, context, lengths)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert (got - dense).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="per_head"):
+        WanConfig.preset("tiny", heads=2, attention=AttentionPattern(kind="per_head", heads=("spatial",) * 3))
+    with pytest.raises(TypeError, match="bogus"):
+        AttentionPattern(kind="radial", radial={"bogus": 1})
+    with pytest.raises(ValueError, match="dilation/border"):
+        AttentionPattern(kind="spatial", border="shift")
 
 
 def test_config_errors_name_the_field():

@@ -86,6 +86,9 @@ class DecoderConfig:
         hidden: feed-forward width of each of the gate / up projections (HF ``intermediate_size``).
         layer_types: ``"local"`` (sliding window) or ``"global"`` per block; None = all global.
         sliding_window: w of the local layers (keys ``qa - w < k <= qa``); required when a layer is local.
+        attention_sinks: the local layers also keep the first ``attention_sinks`` tokens (StreamingLLM's sink
+            tokens, https://arxiv.org/abs/2309.17453): ``(sink(n) | sliding_window(w)) & causal()``. Their KV
+            caches are then static (a ring buffer would drop the sink tokens). 0: none (Gemma).
         attn_softcap: attention-logit softcap (Gemma 2: 50; Gemma 3: None).
         final_softcap: final-logit softcap (Gemma 2: 30; Gemma 3: None).
         query_pre_attn_scalar: scores are scaled by ``query_pre_attn_scalar ** -0.5`` (None: D).
@@ -111,6 +114,7 @@ class DecoderConfig:
     hidden: int
     layer_types: Sequence[LayerType] | None = None
     sliding_window: int | None = None
+    attention_sinks: int = 0
     attn_softcap: float | None = None
     final_softcap: float | None = None
     query_pre_attn_scalar: float | None = None
@@ -140,6 +144,9 @@ class DecoderConfig:
             _positive_int("sliding_window", self.sliding_window)
         elif "local" in types:
             raise ValueError("sliding_window: expected a positive int since layer_types has local layers, got None")
+        if isinstance(self.attention_sinks, bool) or not isinstance(self.attention_sinks, int) \
+                or self.attention_sinks < 0:
+            raise ValueError(f"attention_sinks: expected an int >= 0, got {self.attention_sinks!r}")
         _positive_float("attn_softcap", self.attn_softcap, optional=True)
         _positive_float("final_softcap", self.final_softcap, optional=True)
         _positive_float("query_pre_attn_scalar", self.query_pre_attn_scalar, optional=True)
@@ -222,7 +229,14 @@ class DecoderBlock(nn.Module):
         c = config
         self.layer_type = layer_type
         self.window = c.sliding_window if layer_type == "local" else None
-        self.mask = M.causal() & M.sliding_window(self.window) if self.window is not None else M.causal()
+        if self.window is None:
+            self.mask = M.causal()
+        elif c.attention_sinks:
+            self.mask = (M.sink(c.attention_sinks) | M.sliding_window(self.window)) & M.causal()
+        else:
+            self.mask = M.causal() & M.sliding_window(self.window)
+        # the KV cache's ring size: None (static) for global layers and for local layers with sinks
+        self.cache_window = self.window if not c.attention_sinks else None
 
         def norm() -> RMSNorm:
             return RMSNorm(c.dim, c.norm_eps, unit_offset=True)
@@ -470,7 +484,7 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         max_len = c.max_seq_len if max_len is None else max_len
         p = self.embed.weight
         dtype, device = dtype or p.dtype, device or p.device
-        layers = [KVCache(batch, c.kv_heads, c.head_dim, max_len, window=layer.window, dtype=dtype, device=device,
+        layers = [KVCache(batch, c.kv_heads, c.head_dim, max_len, window=layer.cache_window, dtype=dtype, device=device,
                           fixed_shapes=fixed_shapes) for layer in self.layers]
         return LMCache(layers, batch, device)
 

@@ -112,14 +112,14 @@ class WanBlock(nn.Module):
         self.scale_shift_table = nn.Parameter(torch.randn(1, 6, e) / e**0.5)
 
     def _self_attention(self, h: Tensor, lay: _Layout) -> Tensor:
-        p = self.pattern
+        p, n = self.pattern, self.self_attn.heads
         if lay.tile is None:
-            return self.self_attn(h, p.mask(lay.grid), rope=lay.rope)
+            return self.self_attn(h, p.mask(lay.grid, heads=n), rope=lay.rope)
         if p.kind in ("full", "tile_window"):
             return self.self_attn(h, p.mask(lay.grid, tile_order=True), rope=lay.rope_tiled)
         # a raster-order mask in a tile-ordered model: attend in raster order, come back to tile order
         h = M.from_tile_order(h, lay.grid, lay.tile, dim=1)  # (B, L, E) raster
-        out = self.self_attn(h, p.mask(lay.grid), rope=lay.rope)
+        out = self.self_attn(h, p.mask(lay.grid, heads=n), rope=lay.rope)
         return M.to_tile_order(out, lay.grid, lay.tile, dim=1)  # (B, L, E) tile order
 
     def forward(self, x: Tensor, e6: Tensor, context: Tensor, context_lengths: Tensor | None,

@@ -13,10 +13,10 @@ from veil import masks as M
 from veil.layers.feedforward import Activation
 from veil.layers.positions import wan_rope_split
 
-PatternKind = Literal["full", "window_3d", "tile_window", "spatial", "temporal", "frame_causal"]
+PatternKind = Literal["full", "window_3d", "tile_window", "spatial", "temporal", "frame_causal", "radial", "per_head"]
 FeedForwardKind = Literal["dense", "moe"]
-_KINDS = ("full", "window_3d", "tile_window", "spatial", "temporal", "frame_causal")
-_UNSTRUCTURED = ("full", "spatial", "temporal", "frame_causal")
+_KINDS = ("full", "window_3d", "tile_window", "spatial", "temporal", "frame_causal", "radial", "per_head")
+_UNSTRUCTURED = ("full", "spatial", "temporal", "frame_causal", "radial", "per_head")
 _WHOLE = 2**31 - 1  # a window_3d extent covering any grid (odd, as window_3d requires)
 
 
@@ -47,16 +47,28 @@ class AttentionPattern:
             (:func:`veil.masks.tile_window`). The model permutes tokens into tile order once per forward.
         ``"spatial"`` / ``"temporal"``: within the frame / across frames at one position (Latte's factorised
             attention). ``"frame_causal"``: the query's frame and every earlier one.
+        ``"radial"``: Radial Attention's static mask (:func:`veil.masks.radial`, with ``radial`` its keyword
+            arguments, e.g. ``{"decay": 0.5, "min_width": 128, "sink_frames": 1}``).
+        ``"per_head"``: ``heads`` patterns split the heads evenly, in order (Sparse VideoGen's spatial and temporal
+            heads: ``heads=("spatial", "temporal")``); :func:`veil.masks.per_head`.
 
     Args:
         kind: one of the kinds above.
         window: ``window_3d``: odd box extents in tokens; ``tile_window``: window extents in tiles.
         tile: ``tile_window`` only: tile extents in tokens (the patch grid must be divisible by it).
+        dilation, border: ``window_3d`` only: see :func:`veil.masks.window_3d` (NATTEN's dilated and shifted
+            neighbourhoods).
+        radial: ``radial`` only: keyword arguments of :func:`veil.masks.radial`.
+        heads: ``per_head`` only: the patterns of the head groups (raster-order kinds, not ``tile_window``).
     """
 
     kind: PatternKind = "full"
     window: tuple[int, int, int] | None = None
     tile: tuple[int, int, int] | None = None
+    dilation: tuple[int, int, int] = (1, 1, 1)
+    border: Literal["clip", "shift"] = "clip"
+    radial: tuple[tuple[str, object], ...] | dict | None = None
+    heads: tuple[AttentionPattern | str, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in _KINDS:
@@ -71,18 +83,53 @@ class AttentionPattern:
         if self.kind == "tile_window":
             object.__setattr__(self, "window", _triple("window", self.window))
             object.__setattr__(self, "tile", _triple("tile", self.tile))
+        object.__setattr__(self, "dilation", _triple("dilation", self.dilation))
+        if self.kind != "window_3d" and (self.dilation != (1, 1, 1) or self.border != "clip"):
+            raise ValueError(f"dilation/border: only a 'window_3d' pattern takes them, got kind={self.kind!r}")
+        if self.border not in ("clip", "shift"):
+            raise ValueError(f"border: expected 'clip' or 'shift', got {self.border!r}")
+        if self.kind == "radial":
+            opts = dict(self.radial or {})
+            M.radial((2, 1, 1), **opts)  # the keyword names and values are checked here, once
+            object.__setattr__(self, "radial", tuple(sorted(opts.items())))  # hashable: the config is frozen
+        elif self.radial is not None:
+            raise ValueError(f"radial: only a 'radial' pattern takes it, got kind={self.kind!r}")
+        if self.kind == "per_head":
+            if not isinstance(self.heads, (tuple, list)) or not self.heads:
+                raise ValueError(f"heads: a 'per_head' pattern needs a non-empty tuple of patterns, got {self.heads!r}")
+            parts = tuple(_as_pattern(p, f"heads[{i}]") for i, p in enumerate(self.heads))
+            bad = [p.kind for p in parts if p.kind in ("tile_window", "per_head")]
+            if bad:
+                raise ValueError(f"heads: per-head patterns must be raster-order kinds, got {bad}")
+            object.__setattr__(self, "heads", parts)
+        elif self.heads is not None:
+            raise ValueError(f"heads: only a 'per_head' pattern takes it, got kind={self.kind!r}")
 
     @classmethod
     def temporal_window(cls, frames: int) -> AttentionPattern:
         """The Wan article's local temporal window: ``frames`` frames (odd) centred on the query, whole frames."""
         return cls(kind="window_3d", window=(frames, _WHOLE, _WHOLE))
 
-    def mask(self, grid: tuple[int, int, int], tile_order: bool = False) -> M.Mask | None:
-        """The mask over a patch ``grid`` (None for ``"full"``); ``tile_order``: tokens are in tile order."""
+    def mask(self, grid: tuple[int, int, int], tile_order: bool = False, heads: int | None = None) -> M.Mask | None:
+        """The mask over a patch ``grid`` (None for ``"full"``); ``tile_order``: tokens are in tile order; ``heads``:
+        the layer's head count (``per_head`` only).
+
+        Raises:
+            ValueError: ``per_head`` whose groups do not divide ``heads``.
+        """
         if self.kind == "full":
             return None
         if self.kind == "window_3d":
-            return M.window_3d(grid, self.window)
+            return M.window_3d(grid, self.window, self.dilation, self.border)
+        if self.kind == "radial":
+            return M.radial(grid, **dict(self.radial))
+        if self.kind == "per_head":
+            n = len(self.heads)
+            if heads is None or heads % n:
+                raise ValueError(f"heads: a per_head pattern of {n} groups needs a head count divisible by {n}, "
+                                 f"got {heads}")
+            full = M.full()
+            return M.per_head([p.mask(grid) or full for p in self.heads for _ in range(heads // n)])
         if self.kind == "tile_window":
             return M.tile_window(grid, self.tile, self.window, order="tile" if tile_order else "raster")
         return {"spatial": M.spatial, "temporal": M.temporal, "frame_causal": M.frame_causal}[self.kind](grid)
@@ -190,6 +237,10 @@ class WanConfig:
         if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)) or self.rope_base <= 1:
             raise ValueError(f"rope_base: expected a number > 1, got {self.rope_base!r}")
         patterns = self.layer_patterns()
+        for i, p in enumerate(patterns):
+            if p.kind == "per_head" and self.heads % len(p.heads):
+                raise ValueError(f"attention[{i}]: a per_head pattern of {len(p.heads)} groups needs heads divisible "
+                                 f"by {len(p.heads)}, got heads={self.heads}")
         tiles = {p.tile for p in patterns if p.kind == "tile_window"}
         if self.tile_permute and len(tiles) > 1:
             raise ValueError(f"attention: with tile_permute=True every tile_window layer must share one tile (the "
