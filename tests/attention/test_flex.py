@@ -83,6 +83,7 @@ def test_cpu_capabilities_are_honest():
     assert choice.backend != "flex" and choice.reasons["flex"] == "cost inf"
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="FlexAttention has a backward on CUDA only")
 @pytest.mark.parametrize("name", ["key_padding", "packed_cross", "document_causal"])
 def test_cuda_forward_and_backward_match_reference(name):

@@ -21,6 +21,8 @@ def test_bare_names_have_their_benchmark_meaning():
     assert attention.build_mask("key_padding", 10, 2, None).density(2, 1, 10) == 0.5
     tw = attention.build_mask("tile_window", 16 * 32 * 32, 1, (16, 32, 32))
     assert (tw.tile, tw.window) == ((4, 8, 8), (3, 3, 3))
+    ph = attention.build_mask("per_head", 8, 1, (2, 2, 2), heads=4)
+    assert [m.kind for m in ph.masks] == ["spatial", "spatial", "temporal", "temporal"]
     cfg = attention.Config(lengths=(8, 16), grids=((1, 2, 2), (2, 2, 2)),
                            masks=("causal", "spatial", "window_3d((1, 3, 3))"))
     got = [(c.expr, c.tokens, c.length) for c in attention.cases(cfg)]

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from veil.attention import Call, attend, get_backend, list_backends, select
 from veil.bench.memory import peak_bytes
-from veil.masks import Mask, key_padding, parse, tile_window
+from veil.masks import Mask, key_padding, parse, per_head, spatial, temporal, tile_window
 
 Grid = tuple[int, int, int]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -46,9 +46,11 @@ MATERIALISING = frozenset({"reference", NAIVE})
 # Bare names with a benchmark meaning (the mask language needs their sizes spelled out):
 #   key_padding: the second half of the keys is padding (lengths = L // 2 for every sample);
 #   tile_window: tiles of a quarter of each grid axis (1 where the axis is not divisible by 4), a window
-#                of 3 tiles per axis (fewer where the grid has fewer tiles).
-DEFAULT_MASKS = ("causal", "sliding_window(512)", "key_padding",
-                 "spatial", "temporal", "window_3d((3, 9, 9))", "tile_window")
+#                of 3 tiles per axis (fewer where the grid has fewer tiles);
+#   per_head: Sparse VideoGen's split, the first half of the heads spatial, the second half temporal.
+DEFAULT_MASKS = ("causal", "sliding_window(512)", "(sink(4) | sliding_window(512)) & causal", "key_padding",
+                 "spatial", "temporal", "window_3d((3, 9, 9))", "window_3d((3, 9, 9), border='shift')",
+                 "window_3d((3, 5, 5), dilation=(1, 2, 2))", "tile_window", "radial", "per_head")
 
 
 @dataclass(kw_only=True)
@@ -144,15 +146,18 @@ def cases(cfg: Config) -> Iterator[Case]:
         if video:
             for grid in [own_grid] if own_grid is not None else cfg.grids:
                 t, h, w = grid
-                yield Case(expr, build_mask(expr, t * h * w, cfg.batch, grid), t * h * w, f"{t}x{h}x{w}")
+                yield Case(expr, build_mask(expr, t * h * w, cfg.batch, grid, cfg.heads), t * h * w, f"{t}x{h}x{w}")
         else:
             for n in cfg.lengths:
                 yield Case(expr, build_mask(expr, n, cfg.batch, None), n, str(n))
 
 
-def build_mask(expr: str, length: int, batch: int, grid: Grid | None) -> Mask:
-    """A mask expression at one size; see ``DEFAULT_MASKS`` for the two bare names with a benchmark meaning."""
+def build_mask(expr: str, length: int, batch: int, grid: Grid | None, heads: int = 8) -> Mask:
+    """A mask expression at one size; see ``DEFAULT_MASKS`` for the bare names with a benchmark meaning."""
     name = expr.strip()
+    if name == "per_head" and grid is not None:
+        half = heads // 2
+        return per_head([spatial(grid)] * half + [temporal(grid)] * (heads - half))
     if name == "key_padding":
         return key_padding(torch.full((batch,), length // 2, dtype=torch.long))
     if name == "tile_window" and grid is not None:
@@ -164,7 +169,7 @@ def build_mask(expr: str, length: int, batch: int, grid: Grid | None) -> Mask:
 
 def _grid_of(expr: str) -> tuple[bool, Grid | None]:
     """``(is a video mask, the grid it names itself or None)``; raises ValueError for a bad expression."""
-    if expr.strip() == "tile_window":
+    if expr.strip() in ("tile_window", "per_head"):
         return True, None
     if expr.strip() == "key_padding":
         return False, None

@@ -7,9 +7,9 @@ import os
 import shlex
 import sys
 
-from veil.bench import attention, boxes, models, report
+from veil.bench import attention, boxes, compiled, models, report
 from veil.bench import distributed as dist_bench
-from veil.cli import bench_lm
+from veil.cli import bench_gpu, bench_lm
 from veil.cli.masks import grid_arg
 
 
@@ -21,6 +21,7 @@ def add_parser(sub) -> None:
     add_boxes_parser(programs)
     add_distributed_parser(programs)
     bench_lm.add_parser(programs)
+    bench_gpu.add_parser(programs)
     a = programs.add_parser(
         "attention", help="every attention backend against dense SDPA, per mask and size",
         description="Median time, speed-up over dense SDPA without a mask, ideal speed-up (1 / density), "
@@ -34,7 +35,8 @@ def add_parser(sub) -> None:
                    + " ".join("x".join(map(str, g)) for g in d.grids) + ")")
     a.add_argument("--masks", nargs="+", help="mask expressions; video masks may leave out the grid; bare "
                    "'key_padding' = second half of the keys padded, bare 'tile_window' = quarter-axis tiles, 3-tile "
-                   f"window (default: {' '.join(repr(m) for m in d.masks)})")
+                   "window, bare 'per_head' = half the heads spatial, half temporal "
+                   f"(default: {' '.join(repr(m) for m in d.masks)})")
     a.add_argument("--backends", nargs="+",
                    help="registered backends and/or 'naive' (default: all of them, except flex on CPU)")
     a.add_argument("--dtype", choices=list(attention.DTYPES), help=f"default {d.dtype}")
@@ -88,6 +90,8 @@ def add_models_parser(programs) -> None:
     m.add_argument("--repeats", type=int, help=f"timed runs per row (default {models.Config().repeats})")
     m.add_argument("--threads", type=int, help="torch intra-op threads for the run (default: torch's)")
     m.add_argument("--no-memory", action="store_true", help="skip the peak-memory runs")
+    m.add_argument("--compile", action="store_true", help="instead: compiled veil (fullgraph) against eager and "
+                   "compiled diffusers, and a Wan step with 512-token text at 20%% valid (one size per family)")
     m.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces")
     m.add_argument("--no-write", action="store_true", help="print the tables only")
     m.set_defaults(run=run_models, parser=m)
@@ -100,6 +104,8 @@ def run_models(args: argparse.Namespace) -> int:
     if args.no_memory:
         overrides["memory"] = False
     cfg = models.quick(**overrides) if args.quick else models.Config(**overrides)
+    if args.compile:
+        return _run_compiled(args, cfg)
     print(report.parity_header(), flush=True)
     first = [True]
 
@@ -114,6 +120,28 @@ def run_models(args: argparse.Namespace) -> int:
         command = "veil " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
         key, title = ("models-quick", "models --quick") if args.quick else ("models", "models")
         report.update_doc(args.output, key, report.models_section(key, title, parity, sparse, cfg, command))
+        print(f"replaced the section '{title}' of {args.output}")
+    return 0
+
+
+def _run_compiled(args: argparse.Namespace, cfg: models.Config) -> int:
+    sizes = compiled.QUICK_SIZES if args.quick else compiled.COMPILE_SIZES
+    print(compiled.HEADER, flush=True)
+    rows = []
+    for row in compiled.compile_rows(cfg, sizes, cfg.families):
+        rows.append(row)
+        print(compiled.format_row(row), flush=True)
+    if not args.no_write:
+        command = "veil " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+        key, title = ("models-compile-quick", "models --compile --quick") if args.quick else \
+            ("models-compile", "models --compile")
+        text = "\n".join([
+            f"<!-- veil bench {key} -->", f"## `veil bench {title}`", "", f"Command: `{command}`  ",
+            f"Machine: {report.machine(cfg.device, cfg.threads)}, load average {os.getloadavg()[0]:.1f}  ",
+            f"fp32; median of {cfg.repeats} interleaved runs after each variant's compile run.", "",
+            compiled.__doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0].replace("\n", " "), "",
+            compiled.HEADER, *(compiled.format_row(r) for r in rows), f"<!-- /veil bench {key} -->"])
+        report.update_doc(args.output, key, text)
         print(f"replaced the section '{title}' of {args.output}")
     return 0
 

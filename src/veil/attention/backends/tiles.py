@@ -417,7 +417,10 @@ def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int
     gqa = h != k.shape[1]
     # blocks per SDPA call: bounds the memory of one call's gathered keys and, in the backward, of its gradients
     per_block = 2 * k.shape[1] * span * d * k.element_size()
-    group = max(1, (k[0].numel() + v[0].numel()) * k.element_size() // per_block)
+    # Forward: the clean blocks' keys are views (nothing gathered), so one call takes them all: fewer, larger SDPA
+    # calls keep both threads busy (sliding_window(512) at 16k tokens, 2 cores: 48% -> 56% of the ideal speed-up
+    # on 2 threads, 59% -> 65% on 1). Backward: each call's key gradients are materialised, so groups stay bounded.
+    group = nb if grads is None else max(1, (k[0].numel() + v[0].numel()) * k.element_size() // per_block)
     out = q.new_empty(b, h, qp_len, dv_) if grads is None else None
 
     def piece(qs, ks, vs, i, i1, lo):

@@ -37,9 +37,37 @@ from veil.masks import Causal, Document, Full, KeyPadding, Mask, QueryPadding, c
 Tensor = torch.Tensor
 _FLOATS = frozenset({torch.float32, torch.float16, torch.bfloat16, torch.float64})
 
-try:  # optional: the CUDA varlen kernel (https://github.com/Dao-AILab/flash-attention)
+# optional: the CUDA varlen kernel (https://github.com/Dao-AILab/flash-attention), ``pip install veil[flash]``.
+# Versions outside FLASH_ATTN_VERSIONS are not used (their varlen signature or numerics may differ).
+FLASH_ATTN_VERSIONS = ((2, 6), (3, 0))  # [min, max)
+try:
+    import flash_attn
     from flash_attn import flash_attn_varlen_func
 except ImportError:  # pragma: no cover - depends on the environment
+    flash_attn = flash_attn_varlen_func = None
+
+
+def _version_tuple(text: str) -> tuple[int, ...]:
+    out = []
+    for part in text.split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        out.append(int(digits) if digits else 0)
+    return tuple(out)
+
+
+def flash_attn_status() -> str:
+    """Whether the optional flash-attn kernel is used, and why not."""
+    if flash_attn is None:
+        return "not installed (pip install 'veil[flash]' on a CUDA machine)"
+    version = getattr(flash_attn, "__version__", "0")
+    lo, hi = FLASH_ATTN_VERSIONS
+    if not lo <= _version_tuple(version) < hi:
+        return (f"installed {version}, not used: veil supports flash-attn >= {'.'.join(map(str, lo))}, "
+                f"< {'.'.join(map(str, hi))}")
+    return f"installed {version}, used by the varlen backend on CUDA in fp16 / bf16"
+
+
+if flash_attn is not None and not flash_attn_status().endswith("bf16"):  # pragma: no cover - environment
     flash_attn_varlen_func = None
 
 
