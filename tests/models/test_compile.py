@@ -116,3 +116,13 @@ def test_eager_only_backends_are_skipped_or_refused_inside_a_compiled_region():
 
     with pytest.raises(Exception, match="eager only under torch.compile"):
         torch.compile(named, fullgraph=True)(q, k, v)
+
+    # frame-wise masks are views of the sequence (no host plan): tiles traces them, per head too
+    g = (4, 2, 8)
+    frames = M.per_head([M.spatial(g), M.temporal(g)])
+
+    def framewise(q, k, v):
+        return veil.attend(q, k, v, frames, backend="tiles")
+
+    torch.testing.assert_close(torch.compile(framewise, fullgraph=True)(q, k, v),
+                               veil.attend(q, k, v, frames, backend="reference"), atol=1e-5, rtol=1e-5)

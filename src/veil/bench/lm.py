@@ -38,6 +38,7 @@ import torch
 from veil.bench.memory import peak_bytes
 
 IMPLS = ("veil", "hf")
+COMPILED_NOTE = " compiled (fullgraph, fixed-shape cache; compile runs not timed)"
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
@@ -65,6 +66,9 @@ class Config:
             2 cores, context 8192): a wall-clock run gave decode 13.3 ms (veil) vs 10.7 ms (HF); a paired run in
             CPU time a minute later gave 5.54 vs 5.54 ms.
         seed: of the weights and tokens.
+        compile: run veil's model compiled (``model.compile(fullgraph=True)``) with a fixed-shape KV cache (as
+            ``generate`` does for a compiled model); its compile runs are warm-ups, not timed. The cache-size table
+            is skipped (it would compile a graph per chunk and cache).
     """
 
     context: int = 8192
@@ -86,6 +90,7 @@ class Config:
     threads: int | None = 1
     clock: Literal["cpu", "wall"] = "cpu"
     seed: int = 0
+    compile: bool = False
 
     def __post_init__(self):
         for name in ("context", "window", "layers", "dim", "heads", "kv_heads", "head_dim", "hidden", "vocab",
@@ -238,9 +243,23 @@ def _run(cfg: Config, log: Callable[[str], None]) -> Result:
     prompt = torch.randint(0, cfg.vocab, (cfg.batch, cfg.context), generator=g)
     cap = cfg.context + cfg.decode_tokens + 2
 
+    fixed = None
+    if cfg.compile:  # one fixed-shape cache, reset per prefill: a new cache object would be a new graph
+        ours.compile(fullgraph=True)
+        fixed = ours.new_cache(cfg.batch, cap, fixed_shapes=True)
+
     def veil_prefill():
+        if fixed is not None:
+            fixed.reset()
+            return fixed, ours.prefill(prompt, None, fixed)
         cache = ours.new_cache(cfg.batch, cap)
         return cache, ours.prefill(prompt, None, cache)
+
+    if cfg.compile:  # the compile runs: prefill and decode graphs
+        t0 = time.perf_counter()
+        c, lg = veil_prefill()
+        ours.decode_step(lg.argmax(-1), c)
+        log(f"compiled veil's prefill and decode graphs in {time.perf_counter() - t0:.0f} s")
 
     def hf_prefill():
         cache = _hf_cache(hf)
@@ -290,7 +309,7 @@ def _run(cfg: Config, log: Callable[[str], None]) -> Result:
                                   peaks[impl][0] / 2**20, peaks[impl][1] / 2**20))
 
     # 5. cache bytes per layer type as the context grows (chunked prefill)
-    for n in cfg.memory_contexts:
+    for n in () if cfg.compile else cfg.memory_contexts:
         ids = torch.randint(0, cfg.vocab, (cfg.batch, n), generator=g)
         res.cache.extend(_cache_rows(cfg, hf, ours, ids))
         log("cache at {} tokens: {}".format(n, ", ".join(
@@ -342,6 +361,8 @@ def tables(res: Result) -> str:
                      f"{_num(r.decode_ms)} | {_num(r.prefill_peak_mib)} | {_num(r.decode_peak_mib)} |")
     lines.append(f"| veil / hf | {v.prefill_tok_s / h.prefill_tok_s:.2f}x | | {v.decode_tok_s / h.decode_tok_s:.2f}x "
                  f"| | {v.prefill_peak_mib / h.prefill_peak_mib:.2f}x | {v.decode_peak_mib / h.decode_peak_mib:.2f}x |")
+    if not res.cache:
+        return "\n".join(lines)
     lines += ["", f"Cache after a chunked prefill (chunks of {cfg.chunk} tokens), MiB:", "",
               "| impl | context | per local layer | per global layer | all layers | prefill s |",
               "|---|---|---|---|---|---|"]
@@ -371,7 +392,8 @@ def section(name: str, title: str, res: Result, command: str) -> str:
         f"Machine: {where}, device `cpu`  ",
         f"Date: {date}  ",
         f"Model: Hugging Face `Gemma3ForCausalLM` (random weights, `attn_implementation=\"sdpa\"`, `DynamicCache`) "
-        f"and veil's `DecoderLM.from_transformers` of it: {cfg.describe()}. Prefill: {cfg.context} tokens into a "
+        f"and veil's `DecoderLM.from_transformers` of it{COMPILED_NOTE if cfg.compile else ''}: {cfg.describe()}. "
+        f"Prefill: {cfg.context} tokens into a "
         f"fresh cache, median of {cfg.repeats}, veil's and HF's runs interleaved. Decode: {cfg.decode_tokens} greedy "
         f"steps from there, interleaved step by step, median step. Both under `torch.inference_mode()`. Times: "
         f"{'CPU time of the process (`time.process_time`)' if cfg.clock == 'cpu' else 'wall clock'}.  ",

@@ -28,6 +28,8 @@ def add_parser(programs) -> None:
                    "a shared machine; wall: elapsed time (default cpu)")
     a.add_argument("--memory-contexts", type=int, nargs="+", help="contexts of the cache-size table (default "
                    + " ".join(map(str, d.memory_contexts)) + ")")
+    a.add_argument("--compile", action="store_true", help="veil's model compiled (fullgraph, fixed-shape KV cache) "
+                   "against HF eager; compile runs are warm-ups")
     a.add_argument("--output", default="docs/benchmarks.md", help="markdown file whose section this run replaces")
     a.add_argument("--no-write", action="store_true", help="print the tables only")
     a.set_defaults(run=run, parser=a)
@@ -37,6 +39,8 @@ def run(args: argparse.Namespace, write: bool = True) -> int:
     keys = ("context", "window", "layers", "dim", "heads", "kv_heads", "head_dim", "hidden", "vocab", "global_every",
             "batch", "decode_tokens", "repeats", "chunk", "threads", "clock", "memory_contexts")
     overrides = {k: tuple(v) if isinstance(v, list) else v for k in keys if (v := getattr(args, k)) is not None}
+    if args.compile:
+        overrides["compile"] = True
     cfg = lm.quick(**overrides) if args.quick else lm.Config(**overrides)
     print(cfg.describe(), flush=True)
     res = lm.run(cfg, log=lambda line: print(line, flush=True))
@@ -44,6 +48,8 @@ def run(args: argparse.Namespace, write: bool = True) -> int:
     if write and not args.no_write:
         command = "veil " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
         key, title = ("lm-quick", "lm --quick") if args.quick else ("lm", "lm")
+        if cfg.compile:
+            key, title = key + "-compile", title + " --compile"
         report.update_doc(args.output, key, lm.section(key, title, res, command))
         print(f"replaced the section '{title}' of {args.output}")
     return 0

@@ -524,6 +524,17 @@ def _per_head_attention(q, k, v, groups, scale, softcap, group_bytes):
     return torch.cat(outs, dim=1).index_select(1, inv)  # (B, H, Q, Dv)
 
 
+def _foldable(mask: Mask | None, q_len: int, kv_len: int) -> bool:
+    """Frame-wise masks whose blocks are strided views: no host plan, so they trace under torch.compile."""
+    if type(mask) in (Spatial, Temporal):
+        return True
+    return type(mask) is Chunked and q_len == kv_len and q_len % mask.size == 0
+
+
+_EAGER_ONLY = ("eager only under torch.compile except spatial, temporal and chunked masks alone (views, no plan): "
+               "its block plans are built and cached on the host")
+
+
 def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = None):
     """The backend function; ``group_bytes`` overrides the per-group memory budget (tests)."""
     b, h, q_len, _ = q.shape
@@ -531,6 +542,8 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
     groups = head_groups(mask)
     if groups is not None:
         return _per_head_attention(q, k, v, groups, scale, softcap, group_bytes)
+    if torch.compiler.is_compiling():  # _supports let only frame-wise masks through
+        return _fold_attention(q, k, v, mask, _FOLDS[type(mask)], scale, softcap)
     plan = plan_for(mask, q_len, kv_len)
     if plan is None:
         raise ValueError(f"mask: backend 'tiles' needs a local mask (sliding_window, spatial, ...), got {mask!r}")
@@ -588,6 +601,9 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
 
 def _supports(call: Call) -> str | None:
     groups = head_groups(call.mask)
+    if torch.compiler.is_compiling():
+        parts = [sub for sub, _ in groups] if groups is not None else [call.mask]
+        return None if all(_foldable(m, call.q_len, call.kv_len) for m in parts) else _EAGER_ONLY
     if groups is not None:
         if all(plan_for(sub, call.q_len, call.kv_len) is not None for sub, _ in groups):
             return None
@@ -602,10 +618,20 @@ def _cost(call: Call) -> float:
     if groups is not None:
         return sum(_cost(dataclasses.replace(call, q_heads=len(heads), kv_heads=len(heads), mask=sub))
                    for sub, heads in groups)
+    if torch.compiler.is_compiling():  # a frame-wise mask (see _supports): blocks of one frame / position / chunk
+        m = call.mask
+        block = {Spatial: lambda: m.grid[1] * m.grid[2], Temporal: lambda: m.grid[0]}.get(type(m), lambda: m.size)()
+        overhead = 1.25 if call.softcap is None else 3.0
+        return overhead * call.q_len * block * call.batch * call.q_heads * (call.head_dim + 8)
     plan = plan_for(call.mask, call.q_len, call.kv_len)
     per_pair = call.batch * call.q_heads * (call.head_dim + 8)
     # small dense problems run a little less efficiently than one large one; gathers are memory traffic
     overhead = 1.25 if call.softcap is None else 3.0
+    if isinstance(plan.local, Radial):
+        # a radial block gathers one band per key frame (thousands of keys) and evaluates the table predicate on
+        # every gathered pair; measured at 16x32x32 (2 cores): 1.3x the time of sdpa's masked call on 0.75 of its
+        # pairs with the default bands, so its pairs cost 1.6x a window's
+        overhead *= 1.6
     gather = call.batch * call.kv_heads * plan.num_blocks * plan.bk * call.head_dim * 8
     return overhead * plan.pairs() * per_pair + gather + 2e5 * plan.num_blocks / max(1, plan.bq)
 
@@ -619,5 +645,4 @@ register_backend(Backend(
     supports=_supports,
     cost=_cost,
     doc="local masks: dense SDPA over gathered key blocks; exact, differentiable, no Q x K tensor",
-    eager_only="its block plan is built and cached on the host from the mask's structure",
 ))
