@@ -126,3 +126,35 @@ def test_eager_only_backends_are_skipped_or_refused_inside_a_compiled_region():
 
     torch.testing.assert_close(torch.compile(framewise, fullgraph=True)(q, k, v),
                                veil.attend(q, k, v, frames, backend="reference"), atol=1e-5, rtol=1e-5)
+
+
+def test_eager_hot_paths_read_nothing_back_to_the_host(monkeypatch):
+    # after a first call (value checks read each tensor once), a forward and a decoding step make no host read
+    wan = _wan().eval()
+    x, ctx, t, lengths = torch.randn(2, 4, 4, 8, 8), torch.randn(2, 7, 16), torch.tensor([500.0, 3.0]), \
+        torch.tensor([3, 0])
+    cfg = LatteConfig.preset("tiny", text_dim=16, num_classes=0)
+    latte = LatteDiT(cfg).eval()
+    xl, text = torch.randn(2, cfg.in_channels, 4, 8, 8), torch.randn(2, 7, 16)
+    keep, frames = torch.tensor([[1, 1, 1, 0, 0, 0, 0], [0] * 7]).bool(), torch.tensor([[1, 1, 1, 0], [1] * 4]).bool()
+    lm = DecoderLM(DecoderConfig.preset("tiny-gemma3")).eval()
+    ids, am = torch.randint(0, 128, (2, 12)), torch.ones(2, 12, dtype=torch.long)
+    am[0, :4] = 0
+    cache = lm.new_cache(2, 64)
+    calls = [lambda: wan(x, t, ctx, lengths),
+             lambda: latte(xl, t, encoder_hidden_states=text, encoder_attention_mask=keep, attention_mask=frames)]
+    with torch.no_grad():
+        for call in calls:
+            call()
+        token = lm.prefill(ids, am, cache).argmax(-1)
+        token = lm.decode_step(token, cache).argmax(-1)
+
+        def host_read(*args, **kwargs):
+            raise AssertionError("a tensor was read back to the host")
+
+        for name in ("item", "tolist", "__bool__", "__int__", "__index__", "__float__"):
+            monkeypatch.setattr(torch.Tensor, name, host_read)
+        for call in calls:
+            call()
+        for _ in range(3):
+            token = lm.decode_step(token, cache).argmax(-1)

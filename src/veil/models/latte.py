@@ -317,7 +317,10 @@ class LatteDiT(SequenceParallelModel, nn.Module):
             table = self.temporal_table(valid.to(tokens.device))  # (B, T, D)
         spatial = M.spatial(grid)
         temporal = M.temporal(grid)
-        if frame_valid is not None:  # (asking whether every frame is valid would read the flags back to the host)
+        # padded frames are masked; whether any frame is padded is read once per tensor (value_range: None under
+        # torch.compile, where the mask is always added), so an all-valid batch keeps the frame-wise fast path
+        span = M.value_range(frame_valid) if frame_valid is not None else (1, 1)
+        if span is None or span[0] == 0:
             temporal = temporal & M.key_mask(frame_valid.to(tokens.device).repeat_interleave(h * w, dim=1))
         sp = self.sequence_parallel
         x = tokens if sp is None else sp.shard(tokens, 1)  # (B, n, D): this rank's tokens
