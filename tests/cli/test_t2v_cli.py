@@ -55,6 +55,15 @@ def test_train_micro_checkpoints_resumes_and_generates(capsys, tmp_path):
     frames = iio.imread(gif, index=None)
     assert frames.shape[1:3] == (128, 128) and frames.shape[0] <= 10  # identical frames may merge in a GIF
     assert "10 frames of 32x32" in capsys.readouterr().out
+    # input errors end in one line and status 2, no traceback: a missing keyframe image, a missing checkpoint
+    for argv in (["--keyframe", f"0={tmp_path / 'missing.png'}", "--checkpoint", ckpt],
+                 ["--keyframe", f"0={tmp_path}", "--checkpoint", ckpt],
+                 ["--checkpoint", str(tmp_path / "nothing.safetensors")]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "a red circle", "-o", str(tmp_path / "b.gif"), "--steps", "1", *argv])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("veil generate: error:") and "Traceback" not in "\n".join(err)
 
 
 @pytest.mark.skipif(not default_checkpoint().is_file(), reason="the shipped checkpoint is not built yet")

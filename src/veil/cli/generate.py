@@ -38,7 +38,10 @@ def _keyframe(spec: str, size: int) -> tuple[int, torch.Tensor]:
     index, sep, path = spec.partition("=")
     if not sep or not index.strip().lstrip("-").isdigit():
         raise ValueError(f"--keyframe: expected INDEX=IMAGE, got {spec!r}")
-    img = Image.open(path).convert("RGB").resize((size, size))
+    try:
+        img = Image.open(path).convert("RGB").resize((size, size))
+    except OSError as e:  # missing file, a directory, not an image (PIL's UnidentifiedImageError is an OSError)
+        raise ValueError(f"--keyframe: cannot read the image {path!r} ({e.strerror or e})") from None
     x = torch.tensor(list(img.getdata()), dtype=torch.float32).reshape(size, size, 3).permute(2, 0, 1)
     return int(index), x / 127.5 - 1  # (3, H, W) in [-1, 1]
 

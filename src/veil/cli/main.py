@@ -25,8 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run ``veil`` with ``argv`` (default ``sys.argv[1:]``); returns the exit status.
 
-    Bad input (a ValueError or TypeError raised by the library for the arguments given) ends with
-    ``veil: error: ...`` on stderr and status 2, like any argparse usage error.
+    Bad input (a ValueError or TypeError raised by the library for the arguments given, or an OSError such as a
+    missing or unreadable file) ends with one line ``veil: error: ...`` on stderr and status 2, like any argparse
+    usage error.
     """
     parser = build_parser()
     args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -41,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args) or 0
     except (ValueError, TypeError) as e:
         args.parser.error(str(e))  # exits with status 2
+        return 2
+    except OSError as e:  # a file named on the command line that cannot be read or written
+        where = f" {e.filename!r}" if getattr(e, "filename", None) else ""
+        args.parser.error(f"{e.strerror or e}{where}")
         return 2
 
 
