@@ -139,7 +139,8 @@ def _run_compiled(args: argparse.Namespace, cfg: models.Config) -> int:
             f"<!-- veil bench {key} -->", f"## `veil bench {title}`", "", f"Command: `{command}`  ",
             f"Machine: {report.machine(cfg.device, cfg.threads)}, load average {os.getloadavg()[0]:.1f}  ",
             f"fp32; median of {cfg.repeats} interleaved runs after each variant's compile run.", "",
-            compiled.__doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0].replace("\n", " "), "",
+            compiled.__doc__.split("\n\n", 1)[1].rsplit("\n\n", 1)[0].replace("\n", " ").replace("``", "`")
+            .replace(":func:", ""), "",
             compiled.HEADER, *(compiled.format_row(r) for r in rows), f"<!-- /veil bench {key} -->"])
         report.update_doc(args.output, key, text)
         print(f"replaced the section '{title}' of {args.output}")
