@@ -66,8 +66,9 @@ def test_train_micro_checkpoints_resumes_and_generates(capsys, tmp_path):
         assert err[-1].startswith("veil generate: error:") and "Traceback" not in "\n".join(err)
 
 
-@pytest.mark.skipif(not default_checkpoint().is_file(), reason="the shipped checkpoint is not built yet")
 def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
+    # the checkpoint ships in the package: a missing asset is a failure, not a skip
+    assert default_checkpoint().is_file(), f"the shipped checkpoint {default_checkpoint()} is missing"
     pipe = TextToVideo.from_checkpoint()
     assert pipe.extra["run"]["command"].startswith("veil train --preset tiny-t2v")
     video = pipe(["a red circle moving right"], steps=1)
@@ -75,6 +76,19 @@ def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
     assert main(["demo", "--tiny", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "prompt-following (analyzer): colour" in out and (tmp_path / "grid.gif").is_file()
+
+
+def test_shipped_checkpoint_follows_its_prompts():
+    """Pins the shipped model's prompt-following on the demo's 8 prompts (2 held out of its training) and seed:
+    the analyzer recovers colour, shape and motion of every clip (100% when pinned). A regression fails here."""
+    from veil.cli.demo import PROMPTS
+    from veil.pipelines.evaluate import score_videos, truth_of
+
+    pipe = TextToVideo.from_checkpoint()
+    videos = pipe(PROMPTS, seed=0)
+    scores = score_videos(videos, [truth_of(p) for p in PROMPTS])
+    wrong = [(p, row["got"]) for p, row in zip(PROMPTS, scores["rows"]) if not row["all"]]
+    assert len(wrong) <= 1, f"prompt-following regressed: {wrong}"  # one flip allowed across CPUs' numerics
 
 
 def _losses(run_dir) -> dict[int, float]:
