@@ -27,6 +27,7 @@ from veil.models.wan import WanDiT
 from veil.models.wan_config import WanConfig
 from veil.pipelines.codecs import PixelCodec
 from veil.pipelines.media import save_grid, save_video
+from veil.text.weighting import parse_weights
 
 __all__ = ["DEFAULT_CHECKPOINT", "ContextStandardize", "PipelineConfig", "TextToVideo", "XPrediction",
            "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]
@@ -273,8 +274,28 @@ class TextToVideo:
         return make_scheduler(self.config.scheduler, self.objective)
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
-        ctx, lengths = self.text_encoder.encode(list(prompts))
-        return ctx.to(self.device, torch.float32), lengths.to(self.device)
+        """Token embeddings ``[B, S, Dt]`` (float32) and lengths of ``prompts``, ``(word:w)`` weighting applied.
+
+        Without ``text_norm`` a weight scales the token's embedding (the encoder's weighting). With it, the model
+        standardises embeddings (``(e - mean) / std``) and a plain scale would shift them by ``(w - 1) mean / std``
+        too; so the weight scales the token's *standardised* embedding instead: ``e -> mean + w (e - mean)``, which
+        the model sees as ``w (e - mean) / std``. ``(red:0)`` then makes "red" the mean token (no information) and
+        ``(red:1.5)`` moves it 1.5 times as far from the mean.
+        """
+        prompts = list(prompts)
+        ctx, lengths = self.text_encoder.encode(prompts)
+        ctx = ctx.to(self.device, torch.float32)
+        norm = next((m for m in self.model.modules() if isinstance(m, ContextStandardize)), None)
+        weighted = [bool(parse_weights(p)[1]) for p in prompts]
+        if norm is not None and any(weighted):
+            plain, _ = self.text_encoder.encode([parse_weights(p)[0] for p in prompts])
+            plain = plain.to(self.device, torch.float32)[:, :ctx.shape[1]]  # (B, S, Dt): the same tokens, w = 1
+            # each token's weight, exactly: the encoder's weighted embedding is w times the plain one
+            w = (ctx * plain).sum(-1) / (plain * plain).sum(-1).clamp(min=1e-12)  # (B, S)
+            valid = torch.arange(ctx.shape[1], device=self.device) < lengths.to(self.device)[:, None]
+            mean = norm.mean.to(ctx)
+            ctx = torch.where(valid[..., None], mean + w[..., None] * (plain - mean), ctx)
+        return ctx, lengths.to(self.device)
 
     @torch.no_grad()
     def __call__(self, prompts: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None, *,
