@@ -141,3 +141,44 @@ def test_sigkill_after_a_checkpoint_then_resume_auto_repeats_the_losses(tmp_path
     assert resumed == reference  # every step, before and after the kill, bit for bit
     wf, wk = _weights(full / "model.safetensors"), _weights(killed / "model.safetensors")
     assert wf.keys() == wk.keys() and all(torch.equal(wf[k], wk[k]) for k in wf)
+
+
+def test_train_on_a_folder_of_real_clips(capsys, tmp_path):
+    # world clips exported as MP4 and GIF with captions beside them; one clip too short, one corrupt, one without
+    # a caption: each skipped with its reason, never a crash mid-epoch
+    from veil.data import CaptionedVideoWorld, render
+    from veil.pipelines import save_video
+
+    data = tmp_path / "clips"
+    data.mkdir()
+    world = CaptionedVideoWorld(6, frames=10, size=32, seed=1)
+    for i in range(4):
+        clip = save_video(render(world.spec(i)), data / f"clip{i}.{'mp4' if i % 2 else 'gif'}")
+        clip.with_suffix(".txt").write_text(world.caption(i))
+    save_video(render(world.spec(4))[:, :3], data / "short.mp4")  # 3 frames: fewer than the 8 trained on
+    (data / "short.txt").write_text(world.caption(4))
+    (data / "broken.mp4").write_bytes(b"not a video")
+    (data / "broken.txt").write_text("a red circle moving up")
+    save_video(render(world.spec(5)), data / "uncaptioned.gif")
+    out = tmp_path / "run"
+    assert main(["train", "--preset", "micro-t2v", "--data", str(data), "--out", str(out), "--no-progress",
+                 f"cache_dir={tmp_path / 'cache'}", "steps=2"]) == 0
+    text = capsys.readouterr().out
+    assert "data: 4 clips from" in text
+    for name, why in (("short.mp4", "too short: 3 frames"), ("broken.mp4", "unreadable"),
+                      ("uncaptioned.gif", "no caption")):
+        assert any(name in line and why in line for line in text.splitlines()), (name, text)
+    pipe = TextToVideo.from_checkpoint(out / "model.safetensors")
+    assert pipe.extra["run"]["t2v_config"]["data"] == str(data)
+    video = pipe(["a red circle moving right"], steps=1)
+    assert video.shape == (1, 3, 8, 32, 32)
+    # a folder with nothing usable is one clear error
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "broken.mp4").write_bytes(b"x")
+    (empty / "broken.txt").write_text("a caption")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "micro-t2v", "--data", str(empty), "--out", str(tmp_path / "r2"), "--no-progress",
+              f"cache_dir={tmp_path / 'cache'}", "steps=1"])
+    assert exit_info.value.code == 2
+    assert "no usable clip" in capsys.readouterr().err

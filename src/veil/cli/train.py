@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import subprocess
@@ -15,12 +16,15 @@ from veil.training.t2v import PRESETS, load_config, train_t2v
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a text-to-video model (preset tiny-t2v)",
-                       description="Train a preset on the procedural captioned video world; writes checkpoints, "
+                       description="Train a preset on the procedural captioned video world (or --data DIR: a folder "
+                                   "of captioned clips); writes checkpoints, "
                                    "metrics.jsonl and model.safetensors (EMA weights) to --out.")
     p.add_argument("--preset", default="tiny-t2v", choices=sorted(PRESETS))
     p.add_argument("--config", help="a TOML file of fields (top-level keys) applied over the preset")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="fields applied last, e.g. steps=200 lr=5e-4")
     p.add_argument("--exclude", nargs="+", help="held-out combinations, e.g. 'blue triangle' 'green moving up'")
+    p.add_argument("--data", metavar="DIR", help="train on a folder of captioned clips (mp4 / gif / webm, captions in "
+                   "captions.jsonl / captions.csv or a .txt beside each clip) instead of the world")
     p.add_argument("--out", default="runs/tiny-t2v", help="output directory (default runs/tiny-t2v)")
     p.add_argument("--resume", help="'auto' (the latest checkpoint in --out) or a checkpoint path")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -41,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.exclude is not None:
         overrides.append("exclude=" + repr(list(args.exclude)).replace("'", '"'))
+    if args.data is not None:
+        overrides.append("data=" + json.dumps(args.data))
     config = load_config(args.preset, args.config, overrides)
     argv = args.argv if args.argv is not None else sys.argv[1:]
     run_info = {"command": "veil " + shlex.join(argv), "commit": _commit(), "preset": args.preset}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from veil.data.analyze import Analysis, analyze, analyze_batch
-from veil.data.folder import VideoFolder, read_clip
+from veil.data.folder import VideoFolder, decode_folder, read_clip
 from veil.data.vocab import (
     COLOURS,
     MOTIONS,
@@ -21,6 +21,7 @@ from veil.data.world import CaptionedVideoWorld, VideoSpec, make_video, render, 
 
 __all__ = [
     "COLOURS", "MOTIONS", "SHAPES", "Analysis", "CaptionedVideoWorld", "Pattern", "VideoFolder", "VideoSpec",
-    "all_combinations", "analyze", "analyze_batch", "caption", "make_video", "parse_exclude", "parse_phrase",
-    "read_clip", "render", "render_many", "sample_spec", "split_combinations", "split_prompts", "vocabulary",
+    "all_combinations", "analyze", "analyze_batch", "caption", "decode_folder", "make_video", "parse_exclude",
+    "parse_phrase", "read_clip", "render", "render_many", "sample_spec", "split_combinations", "split_prompts",
+    "vocabulary",
 ]

@@ -4,9 +4,11 @@ Legend: C channels (3, RGB), T frames, H W pixels. Items are float32 ``[C, T, H,
 captioned video world, so either can feed training.
 
 The captions file has one entry per clip with ``path`` (relative to the folder, or absolute) and ``caption``:
-a CSV with those column names, or JSONL with those keys. Video files are decoded with imageio (mp4 / webm
-through imageio-ffmpeg); a directory is read as its image files (png, jpg, jpeg, bmp, webp) in natural order
-("frame2.png" before "frame10.png") with Pillow.
+a CSV with those column names, or JSONL with those keys. Without one, each video file in the folder takes its
+caption from a ``.txt`` file of the same name beside it (``clip.mp4`` and ``clip.txt``). Video files are decoded
+with imageio (mp4 / webm through imageio-ffmpeg); a directory is read as its image files (png, jpg, jpeg, bmp,
+webp) in natural order ("frame2.png" before "frame10.png") with Pillow. :func:`decode_folder` decodes a whole
+folder once for training, skipping (with the reason) clips that cannot be read, are too short or lack a caption.
 """
 
 from __future__ import annotations
@@ -114,6 +116,21 @@ def read_captions(file: str | Path) -> list[tuple[str, str]]:
     return rows
 
 
+def sidecar_captions(root: str | Path) -> tuple[list[tuple[str, str]], list[Path]]:
+    """(path, caption) of each video file in ``root`` with a non-empty ``.txt`` of the same name beside it, and the
+    video files without one."""
+    root = Path(root)
+    rows, missing = [], []
+    for clip in sorted((p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES), key=_natural_key):
+        txt = clip.with_suffix(".txt")
+        text = txt.read_text(encoding="utf-8").strip() if txt.is_file() else ""
+        if text:
+            rows.append((clip.name, text))
+        else:
+            missing.append(clip)
+    return rows, missing
+
+
 def frame_indices(n: int, frames: int, sampling: str, rng: np.random.Generator | None = None) -> np.ndarray:
     """Which of ``n`` frames to take for a clip of ``frames`` (clips shorter than ``frames`` repeat their last).
 
@@ -165,11 +182,19 @@ class VideoFolder(Dataset):
     def __init__(self, root: str | Path, captions: str | Path | None = None, *, size: int | tuple[int, int] = 32,
                  frames: int = 16, sampling: Literal["uniform", "first", "random"] = "uniform", seed: int = 0):
         self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"root: no folder at {self.root}")
+        self.uncaptioned: list[Path] = []  # video files without a caption (sidecar mode), left out
+        sidecar = None
         if captions is None:
             found = [self.root / n for n in ("captions.csv", "captions.jsonl") if (self.root / n).is_file()]
-            if not found:
-                raise FileNotFoundError(f"captions: no captions.csv or captions.jsonl in {self.root}")
-            captions = found[0]
+            if found:
+                captions = found[0]
+            else:
+                sidecar, self.uncaptioned = sidecar_captions(self.root)
+                if not sidecar:
+                    raise FileNotFoundError(f"captions: no captions.csv or captions.jsonl in {self.root}, and no video "
+                                            f"file there has a .txt caption beside it")
         if isinstance(size, int) and not isinstance(size, bool):
             size = (size, size)
         if (not isinstance(size, tuple) or len(size) != 2
@@ -180,7 +205,8 @@ class VideoFolder(Dataset):
         if sampling not in ("uniform", "first", "random"):
             raise ValueError(f"sampling: expected 'uniform', 'first' or 'random', got {sampling!r}")
         self.size, self.frames, self.sampling, self.seed = size, frames, sampling, seed
-        self.items = [(self._resolve(p), c) for p, c in read_captions(captions)]
+        rows = sidecar if sidecar is not None else read_captions(captions)
+        self.items = [(self._resolve(p), c) for p, c in rows]
         missing = [str(p) for p, _ in self.items if not p.exists()]
         if missing:
             raise FileNotFoundError(f"captions: {len(missing)} clip(s) not found: {missing[:5]}")
@@ -193,10 +219,49 @@ class VideoFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> dict:
+        return self.prepare(index, read_clip(self.items[index][0]))
+
+    def prepare(self, index: int, clip: np.ndarray) -> dict:
+        """The item ``index`` from its decoded frames ``clip`` (uint8 ``[T0, H0, W0, 3]``)."""
         path, text = self.items[index]
-        clip = read_clip(path)  # (T0, H0, W0, 3) uint8
         rng = np.random.default_rng([self.seed, index % len(self)]) if self.sampling == "random" else None
         idx = frame_indices(len(clip), self.frames, self.sampling, rng)
         x = torch.from_numpy(clip[idx]).permute(0, 3, 1, 2).float() / 255.0  # (T, 3, H0, W0) in [0, 1]
         x = resize_crop(x, self.size).clamp(0, 1)  # (T, 3, H, W)
         return {"video": (x * 2 - 1).permute(1, 0, 2, 3).contiguous(), "caption": text, "path": str(path)}
+
+
+def decode_folder(folder: VideoFolder, *, min_frames: int | None = None,
+                  log=print) -> tuple[torch.Tensor, list[str], list[tuple[str, str]]]:
+    """Decode every clip of ``folder`` once (a cache for training): ``(videos [N, 3, T, H, W], captions, skipped)``.
+
+    A clip that cannot be decoded, has fewer than ``min_frames`` frames (default ``folder.frames``: no clip is
+    padded by repeating its last frame) or an empty caption is skipped, with the reason logged; so are the video
+    files without a caption. Clips of any size are scaled to cover ``folder.size`` and centre-cropped.
+
+    Raises:
+        ValueError: no clip is usable (the reasons of the first few are in the message).
+    """
+    need = folder.frames if min_frames is None else min_frames
+    videos, captions, skipped = [], [], [(str(p), "no caption (.txt beside it, or a captions file)")
+                                         for p in folder.uncaptioned]
+    for i, (path, text) in enumerate(folder.items):
+        try:
+            clip = read_clip(path)
+        except (OSError, ValueError, RuntimeError) as e:  # unreadable, corrupt, not a video
+            skipped.append((str(path), f"unreadable: {e}"))
+            continue
+        if len(clip) < need:
+            skipped.append((str(path), f"too short: {len(clip)} frames, need {need}"))
+            continue
+        if not text.strip():
+            skipped.append((str(path), "empty caption"))
+            continue
+        videos.append(folder.prepare(i, clip)["video"])
+        captions.append(text)
+    for path, why in skipped:
+        log(f"data: skipped {path}: {why}")
+    if not videos:
+        detail = "; ".join(f"{Path(p).name}: {w}" for p, w in skipped[:5])
+        raise ValueError(f"data: no usable clip in {folder.root} ({detail or 'the captions list no clip'})")
+    return torch.stack(videos), captions, skipped

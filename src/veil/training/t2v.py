@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from veil.data import CaptionedVideoWorld, render_many
+from veil.data import CaptionedVideoWorld, VideoFolder, decode_folder, render_many
 from veil.diffusion import FlowMatching
 from veil.pipelines.t2v import ContextStandardize, PipelineConfig, make_text_encoder
 from veil.training.checkpoint import save_checkpoint
@@ -34,7 +34,8 @@ try:
 except ModuleNotFoundError:  # pragma: no cover (Python 3.10)
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["PRESETS", "T2VConfig", "WorldEmbeddings", "export_checkpoint", "load_config", "train_t2v"]
+__all__ = ["PRESETS", "FolderEmbeddings", "T2VConfig", "WorldEmbeddings", "export_checkpoint", "load_config",
+           "train_t2v"]
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -61,6 +62,11 @@ class T2VConfig:
             on one thread; 1 when other jobs share the CPU).
         dp, sp, sp_layout: under ``torchrun``: "ddp" or "fsdp", the processes per sequence-parallel group and how
             they split the tokens (see :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
+        data: a folder of captioned clips to train on instead of the world (:class:`~veil.data.VideoFolder`:
+            mp4 / gif / webm files or frame folders, captions from ``captions.jsonl`` / ``captions.csv`` or a
+            ``.txt`` beside each clip); every clip is decoded once, sampled to ``frames`` frames spread over it and
+            scaled / centre-cropped to ``size``; clips that cannot be read, are shorter than ``frames`` or lack a
+            caption are skipped with the reason logged. Empty: the world.
     """
 
     dim: int = 192
@@ -102,6 +108,7 @@ class T2VConfig:
     dp: str = "ddp"
     sp: int = 1
     sp_layout: str = "contiguous"
+    data: str = ""
 
     def __post_init__(self) -> None:
         self.patch = tuple(self.patch)  # type: ignore[assignment]
@@ -231,6 +238,34 @@ class WorldEmbeddings(Dataset):
         return {"latents": self.videos[index], "context": self.embeddings[self.caption_index[index]]}
 
 
+class FolderEmbeddings(Dataset):
+    """Clips of a folder, decoded once and kept in memory, with their captions' cached text embeddings (items like
+    :class:`WorldEmbeddings`).
+
+    Args:
+        videos: float32 ``[N, 3, T, H, W]`` in [-1, 1] (:func:`veil.data.decode_folder`).
+        captions: N captions.
+        encoder: a text encoder; chunk: prompts per encoder call.
+    """
+
+    def __init__(self, videos: Tensor, captions: list[str], encoder: Any, *, chunk: int = 256):
+        distinct = list(dict.fromkeys(captions))
+        index = {c: i for i, c in enumerate(distinct)}
+        self.caption_index = [index[c] for c in captions]
+        self.embeddings: list[Tensor] = []
+        for start in range(0, len(distinct), chunk):
+            emb, lengths = encoder.encode(distinct[start:start + chunk])
+            self.embeddings += [emb[i, : int(n)].float().clone() for i, n in enumerate(lengths)]
+        self.distinct = len(distinct)
+        self.videos = videos
+
+    def __len__(self) -> int:
+        return self.videos.shape[0]
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return {"latents": self.videos[index], "context": self.embeddings[self.caption_index[index]]}
+
+
 class _T2VTrainer(Trainer):
     """A :class:`Trainer` whose checkpoints also carry the pipeline config and how the run was started."""
 
@@ -283,20 +318,29 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         torch.set_num_threads(config.threads)
     out = Path(out_dir)
     t0 = time.perf_counter()
-    world = CaptionedVideoWorld(config.samples, frames=config.frames, size=config.size, seed=config.world_seed,
-                                exclude=config.exclude or None, radius=config.radius)
     encoder = make_text_encoder(config.text_encoder, Path(config.cache_dir).expanduser())
     several = torch.distributed.is_available() and torch.distributed.is_initialized()
     main = not several or torch.distributed.get_rank() == 0
+    world = None
+    if config.data:  # decoded on every rank (each holds the clips); the skip messages from rank 0 only
+        folder = VideoFolder(Path(config.data).expanduser(), size=config.size, frames=config.frames)
+        videos, captions, _ = decode_folder(folder, log=log if main else _quiet)
+    else:
+        world = CaptionedVideoWorld(config.samples, frames=config.frames, size=config.size, seed=config.world_seed,
+                                    exclude=config.exclude or None, radius=config.radius)
     if several and not main:
         torch.distributed.barrier()  # rank 0 fills the text-embedding cache first; the others then read it
-    data = WorldEmbeddings(world, encoder)
+    data = WorldEmbeddings(world, encoder) if world is not None else FolderEmbeddings(videos, captions, encoder)
     if several and main:
         torch.distributed.barrier()
     if not main:
         log = _quiet
-    log(f"world: {len(world)} clips, {len(world.seen)} seen / {len(world.held_out)} held-out combinations, "
-        f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
+    if world is not None:
+        log(f"world: {len(world)} clips, {len(world.seen)} seen / {len(world.held_out)} held-out combinations, "
+            f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
+    else:
+        log(f"data: {len(data)} clips from {config.data} ({config.frames} frames of {config.size}x{config.size}), "
+            f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
     pipeline = config.pipeline()
 
     def build() -> torch.nn.Module:  # called by the trainer once the run's seed is set: seeded initial weights
@@ -322,9 +366,9 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
     seconds = time.perf_counter() - t1
     run_info["train_seconds"] = round(seconds, 1)
     run_info["steps_per_second"] = round((trainer.step - start) / max(seconds, 1e-9), 3)
+    held_out = [list(c) for c in world.held_out] if world is not None else []
     path = export_checkpoint(trainer, out / "model.safetensors",
-                             {"pipeline": pipeline.to_dict(), "run": run_info, "held_out": [list(c) for c in
-                                                                                             world.held_out]})
+                             {"pipeline": pipeline.to_dict(), "run": run_info, "held_out": held_out})
     log(f"trained {trainer.step - start} steps in {seconds:.0f} s; wrote {path}")
     return path
 
