@@ -25,7 +25,7 @@ from veil.diffusion import DDPMObjective, FlowMatching, extend, make_scheduler, 
 from veil.distributed import enable_sequence_parallel
 from veil.models.wan import WanDiT
 from veil.models.wan_config import WanConfig
-from veil.pipelines.codecs import PixelCodec
+from veil.pipelines.codecs import PixelCodec, VAECodec
 from veil.pipelines.media import save_grid, save_video
 from veil.text.weighting import parse_weights
 
@@ -117,6 +117,10 @@ class PipelineConfig:
             :class:`XPrediction`; flow matching only).
         text_norm: standardise the text embeddings with statistics saved in the weights
             (:class:`ContextStandardize`).
+        codec: ``{"kind": "pixel"}`` (the model works on pixels) or ``{"kind": "vae", "path": DIR}`` (a diffusers
+            ``AutoencoderKL`` saved at ``DIR``, loaded offline; ``"scaling_factor"`` optional): the model works on
+            its latents, ``size`` stays the pixel size and the sampled latents take the codec's
+            ``latent_shape``.
     """
 
     model: dict[str, Any]
@@ -131,6 +135,26 @@ class PipelineConfig:
     overlap: int = 4
     prediction: str = "velocity"
     text_norm: bool = False
+    codec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "pixel"})
+
+    def build_codec(self) -> nn.Module:
+        """The codec this config names (a VAE is loaded from its local path, never downloaded).
+
+        Raises:
+            ValueError: an unknown kind, a VAE without a path, or one whose latent channels do not fit the model.
+        """
+        kind = self.codec.get("kind", "pixel")
+        if kind == "pixel":
+            return PixelCodec(int(self.model.get("in_channels", 3)))
+        if kind != "vae" or not self.codec.get("path"):
+            raise ValueError(f"codec: expected {{'kind': 'pixel'}} or {{'kind': 'vae', 'path': DIR}}, got {self.codec}")
+        codec = VAECodec.from_pretrained(str(self.codec["path"]), local_files_only=True)
+        if self.codec.get("scaling_factor") is not None:
+            codec.scaling_factor = float(self.codec["scaling_factor"])
+        if codec.latent_channels != int(self.model.get("in_channels", 3)):
+            raise ValueError(f"codec: the VAE at {self.codec['path']} has {codec.latent_channels} latent channels, "
+                             f"the model takes {self.model.get('in_channels')}")
+        return codec
 
     def build_model(self) -> nn.Module:
         net: nn.Module = WanDiT(WanConfig(**self.model))
@@ -266,7 +290,7 @@ class TextToVideo:
                              f"unexpected {unexpected[:5]})")
         model.load_state_dict(weights)
         enc = text_encoder if text_encoder is not None else make_text_encoder(config.text_encoder, cache_dir)
-        pipe = cls(model, PixelCodec(config.model.get("in_channels", 3)), enc, config, device=device)
+        pipe = cls(model, config.build_codec(), enc, config, device=device)
         pipe.extra = extra
         return pipe
 
@@ -344,7 +368,7 @@ class TextToVideo:
             ctx, lengths, neg_ctx, neg_len = ctx[:b], lengths[:b], ctx[b:], lengths[b:]
         else:
             ctx, lengths = self.encode_prompts(prompts)
-        c, h, w = self.model.config.in_channels, cfg.size, cfg.size
+        c, frames, h, w = self.codec.latent_shape(frames, cfg.size, cfg.size)  # a VAE's latents are smaller
         anchors = None
         if keyframes:
             anchors = {}
