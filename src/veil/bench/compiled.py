@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from veil.bench.models import Config, Pair, Size, build_pair, interleaved, paired_speedup
+from veil.bench.models import Config, Pair, Size, build_pair, interleaved, paired_speedup, runner
 
 Tensor = torch.Tensor
 COMPILE_SIZES = {"wan": Size(name="M", dim=512, head_dim=128, layers=4, latent=(8, 32, 32)),
@@ -48,20 +48,6 @@ class CompileRow:
     x_diffusers_compiled: float | None = None
     x_veil_eager: float | None = None
     note: str = ""
-
-
-def _go(model: torch.nn.Module, call: Callable[[Tensor], Tensor], x: Tensor, backward: bool,
-        grad_out: Tensor | None) -> Callable[[], list[Tensor]]:
-    def go() -> list[Tensor]:
-        if not backward:
-            with torch.no_grad():
-                return [call(x)]
-        model.zero_grad(set_to_none=True)
-        xi = x.detach().requires_grad_(True)
-        out = call(xi)
-        out.backward(grad_out)
-        return [out.detach(), xi.grad]
-    return go
 
 
 def _padded_text_pair(size: Size, cfg: Config) -> tuple[Pair, Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
@@ -108,7 +94,7 @@ def compile_rows(cfg: Config, sizes: dict[str, Size], families: tuple[str, ...])
                 with torch.no_grad():
                     shape = call_ours(pair.x).shape
                 grad_out = torch.randn(shape, generator=torch.Generator().manual_seed(cfg.seed + 2)).to(dev)
-            gos = {name: _go(model, call, pair.x, backward, grad_out) for name, (model, call) in calls.items()}
+            gos = {name: runner(model, call, pair.x, backward, grad_out) for name, (model, call) in calls.items()}
             against = "diffusers" if text == "full" else "veil"
             want, got = gos[against](), gos["veil compiled"]()  # also the compile run of veil
             diff = max(float((a.float() - b.float()).abs().max()) for a, b in zip(want, got))

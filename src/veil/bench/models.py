@@ -267,20 +267,25 @@ def paired_speedup(base: list[float], other: list[float]) -> float:
     return statistics.median(b / o for b, o in zip(base, other))
 
 
-def _runner(pair: Pair, ours: bool, backward: bool, grad_out: Tensor | None) -> Callable[[], list[Tensor]]:
-    model = pair.ours if ours else pair.theirs
-    call = pair.call_ours if ours else pair.call_theirs
-
+def runner(model: nn.Module, call: Callable[[Tensor], Tensor], x: Tensor, backward: bool,
+           grad_out: Tensor | None) -> Callable[[], list[Tensor]]:
+    """A timed unit: ``call(x)`` without gradients (``[out]``), or with ``grad_out``'s backward (``[out, x.grad]``)."""
     def go() -> list[Tensor]:
         if not backward:
             with torch.no_grad():
-                return [call(pair.x)]
+                return [call(x)]
         model.zero_grad(set_to_none=True)
-        x = pair.x.detach().requires_grad_(True)
-        out = call(x)
+        xi = x.detach().requires_grad_(True)
+        out = call(xi)
         out.backward(grad_out)
-        return [out.detach(), x.grad]
+        return [out.detach(), xi.grad]
     return go
+
+
+def _runner(pair: Pair, ours: bool, backward: bool, grad_out: Tensor | None) -> Callable[[], list[Tensor]]:
+    if ours:
+        return runner(pair.ours, pair.call_ours, pair.x, backward, grad_out)
+    return runner(pair.theirs, pair.call_theirs, pair.x, backward, grad_out)
 
 
 def parity_rows(pair: Pair, cfg: Config) -> Iterator[ParityRow]:

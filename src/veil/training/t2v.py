@@ -34,7 +34,7 @@ try:
 except ModuleNotFoundError:  # pragma: no cover (Python 3.10)
     import tomli as tomllib  # type: ignore[no-redef]
 
-__all__ = ["PRESETS", "FolderEmbeddings", "T2VConfig", "WorldEmbeddings", "export_checkpoint", "load_config",
+__all__ = ["PRESETS", "ClipEmbeddings", "T2VConfig", "WorldEmbeddings", "export_checkpoint", "load_config",
            "train_t2v"]
 
 
@@ -204,48 +204,18 @@ def load_config(preset: str = "tiny-t2v", path: str | os.PathLike | None = None,
     return dataclasses.replace(cfg, **updates)
 
 
-class WorldEmbeddings(Dataset):
-    """World clips with their captions' cached text embeddings: items ``{"latents", "context"}`` for the trainer.
+class ClipEmbeddings(Dataset):
+    """Clips kept in memory with their captions' text embeddings: items ``{"latents", "context"}`` for the trainer.
 
-    Every clip is rendered once at construction (deterministic by index; one torch thread, which renders these
-    small tensors ~30x faster than two contended ones) and kept in memory (``samples * 3 * T * H * W`` floats);
-    every distinct caption is encoded once, in chunks, through ``encoder`` (give a
-    :class:`~veil.text.CachedTextEncoder` to keep them on disk).
+    Every distinct caption is encoded once, in chunks, through ``encoder`` (give a
+    :class:`~veil.text.CachedTextEncoder` to keep them on disk). A folder's clips come from
+    :func:`veil.data.decode_folder`; :class:`WorldEmbeddings` renders the world's.
 
     Args:
-        world: the :class:`~veil.data.CaptionedVideoWorld`.
+        videos: float32 ``[N, 3, T, H, W]`` in [-1, 1].
+        captions: N captions.
         encoder: a text encoder (``encode(prompts) -> (embeddings [B, L, Dt], lengths [B])``).
         chunk: prompts per encoder call.
-    """
-
-    def __init__(self, world: CaptionedVideoWorld, encoder: Any, *, chunk: int = 256):
-        self.world = world
-        captions = [world.caption(i) for i in range(len(world))]
-        distinct = list(dict.fromkeys(captions))
-        index = {c: i for i, c in enumerate(distinct)}
-        self.caption_index = [index[c] for c in captions]
-        self.embeddings: list[Tensor] = []
-        for start in range(0, len(distinct), chunk):
-            emb, lengths = encoder.encode(distinct[start:start + chunk])
-            self.embeddings += [emb[i, : int(n)].float().clone() for i, n in enumerate(lengths)]
-        self.distinct = len(distinct)
-        self.videos = render_many(world.spec(i) for i in range(len(world)))  # (N, 3, T, H, W)
-
-    def __len__(self) -> int:
-        return len(self.world)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"latents": self.videos[index], "context": self.embeddings[self.caption_index[index]]}
-
-
-class FolderEmbeddings(Dataset):
-    """Clips of a folder, decoded once and kept in memory, with their captions' cached text embeddings (items like
-    :class:`WorldEmbeddings`).
-
-    Args:
-        videos: float32 ``[N, 3, T, H, W]`` in [-1, 1] (:func:`veil.data.decode_folder`).
-        captions: N captions.
-        encoder: a text encoder; chunk: prompts per encoder call.
     """
 
     def __init__(self, videos: Tensor, captions: list[str], encoder: Any, *, chunk: int = 256):
@@ -264,6 +234,26 @@ class FolderEmbeddings(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         return {"latents": self.videos[index], "context": self.embeddings[self.caption_index[index]]}
+
+
+class WorldEmbeddings(ClipEmbeddings):
+    """World clips with their captions' cached text embeddings: items ``{"latents", "context"}`` for the trainer.
+
+    Every clip is rendered once at construction (deterministic by index; one torch thread, which renders these
+    small tensors ~30x faster than two contended ones) and kept in memory (``samples * 3 * T * H * W`` floats);
+    every distinct caption is encoded once, in chunks, through ``encoder`` (give a
+    :class:`~veil.text.CachedTextEncoder` to keep them on disk).
+
+    Args:
+        world: the :class:`~veil.data.CaptionedVideoWorld`.
+        encoder: a text encoder (``encode(prompts) -> (embeddings [B, L, Dt], lengths [B])``).
+        chunk: prompts per encoder call.
+    """
+
+    def __init__(self, world: CaptionedVideoWorld, encoder: Any, *, chunk: int = 256):
+        self.world = world
+        videos = render_many(world.spec(i) for i in range(len(world)))  # (N, 3, T, H, W)
+        super().__init__(videos, [world.caption(i) for i in range(len(world))], encoder, chunk=chunk)
 
 
 class _T2VTrainer(Trainer):
@@ -330,7 +320,7 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
                                     exclude=config.exclude or None, radius=config.radius)
     if several and not main:
         torch.distributed.barrier()  # rank 0 fills the text-embedding cache first; the others then read it
-    data = WorldEmbeddings(world, encoder) if world is not None else FolderEmbeddings(videos, captions, encoder)
+    data = WorldEmbeddings(world, encoder) if world is not None else ClipEmbeddings(videos, captions, encoder)
     if several and main:
         torch.distributed.barrier()
     if not main:
