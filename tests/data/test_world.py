@@ -99,3 +99,27 @@ def test_radius_range_option():
         CaptionedVideoWorld(4, radius=(0.2, 0.3))
     with pytest.raises(TypeError, match="radius"):
         CaptionedVideoWorld(4, radius=0.2)
+
+
+def test_wrap_world_is_a_torus():
+    # a square whose box straddles the right edge: the part past the edge is drawn at the left
+    spec = VideoSpec(colour="red", shape="square", motion="right", rgb=(1.0, 0.0, 0.5), radius=3.0,
+                     start=(30.0, 10.0), speed=2.0, background=(0.0, 0.2, 0.0), gradient=(0.0, 0.0), frames=3, size=32,
+                     edges="wrap")
+    v = (render(spec) + 1) / 2
+    for t in range(3):
+        x0 = 27 + 2 * t  # box [x0, x0 + 6) mod 32 x [7, 13)
+        expected = torch.zeros(32, 32, dtype=torch.bool)
+        expected[7:13, [(x0 + i) % 32 for i in range(6)]] = True
+        assert torch.equal(v[0, t] > 0.5, expected)
+    assert spec.centre(2) == (2.0, 10.0)  # 34 mod 32
+    world = CaptionedVideoWorld(40, frames=16, size=32, seed=2, edges="wrap")
+    starts = np.array([world.spec(i).start for i in range(len(world))])
+    assert all(world.spec(i).edges == "wrap" for i in range(3)) and (starts >= 0).all() and (starts < 32).all()
+    # the same draws as the inside world but the start: colour, shape, motion, speed, background
+    inside = CaptionedVideoWorld(40, frames=16, size=32, seed=2)
+    a, b = world.spec(5), inside.spec(5)
+    assert (a.colour, a.shape, a.motion, a.speed, a.rgb, a.background) == (b.colour, b.shape, b.motion, b.speed,
+                                                                           b.rgb, b.background)
+    with pytest.raises(ValueError, match="edges: expected one of"):
+        CaptionedVideoWorld(4, edges="bounce")

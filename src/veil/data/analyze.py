@@ -60,11 +60,12 @@ def _check_video(video: torch.Tensor) -> torch.Tensor:
     return video
 
 
-def segment(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def segment(video: torch.Tensor, *, wrap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Object masks and per-frame background colours.
 
     Args:
         video: float [3, T, H, W] in [-1, 1].
+        wrap: the frame is a torus (pixels on opposite edges are neighbours).
 
     Returns:
         (mask bool [T, H, W], background float [T, 3] in [0, 1]). A frame whose most distant pixels differ from
@@ -81,7 +82,8 @@ def segment(video: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     mask = ((dist > contrast[:, None] / 2) & (contrast[:, None] >= _MIN_CONTRAST)).reshape(T, H, W)
     # drop speckle: a pixel of the object has at least 3 object pixels among its 8 neighbours, a noise outlier
     # almost never does
-    neighbours = F.conv2d(F.pad(mask.float()[:, None], (1, 1, 1, 1)), torch.ones(1, 1, 3, 3))[:, 0] - mask.float()
+    padded = F.pad(mask.float()[:, None], (1, 1, 1, 1), mode="circular" if wrap else "constant")
+    neighbours = F.conv2d(padded, torch.ones(1, 1, 3, 3))[:, 0] - mask.float()
     return mask & (neighbours >= 3), bg
 
 
@@ -149,12 +151,43 @@ def _interior(mask: torch.Tensor) -> torch.Tensor:
     return inner if bool(inner.any()) else mask
 
 
-def analyze(video: torch.Tensor, *, still_fraction: float = 0.1) -> Analysis:
+def _recentre(x: torch.Tensor, mask: torch.Tensor, present: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """On a torus: roll every frame so that its object is whole around the frame centre.
+
+    The object's centre per frame is the circular mean of its mask's pixels on each axis; consecutive centres are
+    unwrapped (each step taken as the shortest way round), so a steady motion across an edge stays steady.
+
+    Returns:
+        (rolled x [3, T, H, W], rolled mask [T, H, W], unwrapped centres cx, cy [T'] of the present frames).
+    """
+    T, H, W = mask.shape
+    m = mask.float()
+    centres = []
+    for size, dim in ((W, 1), (H, 2)):
+        angle = 2 * torch.pi * (torch.arange(size, dtype=torch.float32) + 0.5) / size
+        profile = m.sum(dim=dim)  # (T, size)
+        c = torch.atan2((profile * angle.sin()).sum(1), (profile * angle.cos()).sum(1))
+        centres.append(torch.remainder(c, 2 * torch.pi) * size / (2 * torch.pi))  # (T,) in [0, size)
+    cx, cy = centres
+    shifts = [(int(round(W / 2 - float(a))), int(round(H / 2 - float(b)))) for a, b in zip(cx, cy)]
+    x = torch.stack([x[:, t].roll((sy, sx), dims=(1, 2)) for t, (sx, sy) in enumerate(shifts)], dim=1)
+    mask = torch.stack([mask[t].roll((sy, sx), dims=(0, 1)) for t, (sx, sy) in enumerate(shifts)])
+    out = []
+    for c, size in ((cx[present], W), (cy[present], H)):
+        step = torch.remainder(c.diff() + size / 2, size) - size / 2
+        out.append(torch.cat([c[:1], c[:1] + step.cumsum(0)]))
+    return x, mask, out[0], out[1]
+
+
+def analyze(video: torch.Tensor, *, still_fraction: float = 0.1, wrap: bool = False) -> Analysis:
     """Recover the colour, shape and motion of the single object in ``video``.
 
     Args:
         video: float [3, T, H, W] with values in [-1, 1] (values outside are clamped); T >= 1.
         still_fraction: a centroid displacement over the clip below this fraction of max(H, W) is "still".
+        wrap: the video shows a torus (the world's ``edges="wrap"``): an object crossing an edge is reassembled
+            (each frame rolled to centre it) and its track unwrapped before the shape and motion are read.
 
     Returns:
         an :class:`Analysis`; its attributes are ``None`` when no frame has an object.
@@ -162,13 +195,15 @@ def analyze(video: torch.Tensor, *, still_fraction: float = 0.1) -> Analysis:
     Raises:
         TypeError / ValueError: ``video`` is not a float tensor of shape [3, T, H, W].
     """
-    mask, _ = segment(video)
+    mask, _ = segment(video, wrap=wrap)
     T, H, W = mask.shape
     present = mask.flatten(1).sum(1) >= 3  # (T,)
     found = int(present.sum())
     if found == 0:
         return Analysis(colour=None, shape=None, motion=None, found=0)
     x = (video.detach().float().cpu().clamp(-1, 1) + 1) / 2  # (3, T, H, W)
+    if wrap:
+        x, mask, track_x, track_y = _recentre(x, mask, present)
     inner = _interior(mask) & present[:, None, None]
     rgb = x.permute(1, 2, 3, 0)[inner].mean(0)  # (3,)
     names = list(COLOURS)
@@ -181,11 +216,14 @@ def analyze(video: torch.Tensor, *, still_fraction: float = 0.1) -> Analysis:
     else:
         shape = "square" if float(fill) > _SQUARE_FILL else "circle"
 
-    ys = torch.arange(H, dtype=torch.float32)[:, None] + 0.5
-    xs = torch.arange(W, dtype=torch.float32)[None, :] + 0.5
-    m = mask[present].float()  # (T', H, W)
-    area = m.sum(dim=(1, 2))
-    cx, cy = (m * xs).sum(dim=(1, 2)) / area, (m * ys).sum(dim=(1, 2)) / area  # (T',)
+    if wrap:
+        cx, cy = track_x, track_y
+    else:
+        ys = torch.arange(H, dtype=torch.float32)[:, None] + 0.5
+        xs = torch.arange(W, dtype=torch.float32)[None, :] + 0.5
+        m = mask[present].float()  # (T', H, W)
+        area = m.sum(dim=(1, 2))
+        cx, cy = (m * xs).sum(dim=(1, 2)) / area, (m * ys).sum(dim=(1, 2)) / area  # (T',)
     t = present.nonzero()[:, 0].float()
     if found >= 2:
         tc = t - t.mean()

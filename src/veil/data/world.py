@@ -40,6 +40,9 @@ class VideoSpec:
         background: the dark base colour, RGB in [0, 1], each channel <= 0.22.
         gradient: background gradient (amplitude, angle in radians); amplitude <= 0.08.
         frames: T; size: H = W.
+        edges: ``"inside"``: the trajectory stays inside the frame; ``"wrap"``: the frame is a torus, an object
+            leaving one edge re-enters at the opposite one (positions are taken modulo the size), so its motion
+            goes on for any number of frames in the direction the caption names.
     """
 
     colour: str
@@ -53,9 +56,11 @@ class VideoSpec:
     gradient: tuple[float, float]
     frames: int
     size: int
+    edges: str = "inside"
 
     def __post_init__(self):
         _check_triple(self.colour, self.shape, self.motion)
+        check_edges(self.edges)
         if self.frames < 1 or self.size < 8:
             raise ValueError(
                 f"VideoSpec: expected frames >= 1 and size >= 8, got frames={self.frames} size={self.size}")
@@ -63,9 +68,10 @@ class VideoSpec:
             raise ValueError(f"VideoSpec.radius: expected > 0, got {self.radius}")
 
     def centre(self, t: int | float) -> tuple[float, float]:
-        """The bounding-box centre (x, y) at frame ``t``."""
+        """The bounding-box centre (x, y) at frame ``t`` (in ``[0, size)`` when the edges wrap)."""
         dx, dy = _DIRECTIONS[self.motion]
-        return self.start[0] + dx * self.speed * t, self.start[1] + dy * self.speed * t
+        x, y = self.start[0] + dx * self.speed * t, self.start[1] + dy * self.speed * t
+        return (x % self.size, y % self.size) if self.edges == "wrap" else (x, y)
 
     def record(self) -> dict:
         """The attributes as a flat dict of str / float / int (collates with torch's default_collate)."""
@@ -106,11 +112,29 @@ def render(spec: VideoSpec) -> torch.Tensor:
     sub = (torch.arange(S * ss, dtype=torch.float32) + 0.5) / ss
     centres = torch.tensor([spec.centre(t) for t in range(T)], dtype=torch.float32)  # (T, 2)
     cx, cy = centres[:, 0, None, None], centres[:, 1, None, None]
-    inside = shape_inside(spec.shape, sub[None, None, :], sub[None, :, None], cx, cy, spec.radius, spec.radius)
+    sx, sy = sub[None, None, :], sub[None, :, None]
+    if spec.edges == "wrap":  # offsets from the centre on the torus, in [-S/2, S/2)
+        sx, sy = torch.remainder(sx - cx + S / 2, S) - S / 2, torch.remainder(sy - cy + S / 2, S) - S / 2
+        cx, cy = torch.zeros_like(cx), torch.zeros_like(cy)
+    inside = shape_inside(spec.shape, sx, sy, cx, cy, spec.radius, spec.radius)
     cover = inside.float().reshape(T, S, ss, S, ss).mean(dim=(2, 4))  # (T, H, W) in [0, 1]
     rgb = torch.tensor(spec.rgb, dtype=torch.float32)[:, None, None, None]
     video = bg[:, None] * (1 - cover[None]) + rgb * cover[None]  # (3, T, H, W) in [0, 1]
     return (video.clamp(0, 1) * 2 - 1).contiguous()
+
+
+EDGES = ("inside", "wrap")
+
+
+def check_edges(edges: object) -> str:
+    """``edges`` if it is one of :data:`EDGES` ("inside": trajectories stay in the frame; "wrap": a torus).
+
+    Raises:
+        ValueError: anything else.
+    """
+    if edges not in EDGES:
+        raise ValueError(f"edges: expected one of {list(EDGES)}, got {edges!r}")
+    return str(edges)
 
 
 RADIUS = (0.14, 0.2)  # the default object radius range, as fractions of the frame size
@@ -148,13 +172,16 @@ def render_many(specs: Iterable[VideoSpec]) -> torch.Tensor:
 
 
 def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
-                rng: np.random.Generator, radius: tuple[float, float] = RADIUS) -> VideoSpec:
+                rng: np.random.Generator, radius: tuple[float, float] = RADIUS, edges: str = "inside") -> VideoSpec:
     """Draw the continuous parameters of a video of the given triple from ``rng``.
 
-    The radius is drawn from ``radius`` (fractions of the frame, default 14-20%), a moving object travels 20-40% of
-    the frame over the clip, and the whole trajectory stays inside the frame with a 1-pixel margin.
+    The radius is drawn from ``radius`` (fractions of the frame, default 14-20%) and a moving object travels 20-40%
+    of the frame over the clip. With ``edges="inside"`` the whole trajectory stays inside the frame with a 1-pixel
+    margin; with ``edges="wrap"`` the start is anywhere on the torus (one uniform draw per axis either way, so
+    the two worlds differ in the start alone).
     """
     _check_triple(colour, shape, motion)
+    check_edges(edges)
     lo_r, hi_r = check_radius(radius)
     S = float(size)
     radius_px = float(rng.uniform(lo_r, hi_r) * S)
@@ -170,12 +197,15 @@ def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
             return float(rng.uniform(lo + travel, hi))
         return float(rng.uniform(lo, hi))
 
-    start = (along(dx), along(dy))
+    if edges == "wrap":  # anywhere on the torus
+        start = (float(rng.uniform(0.0, S)), float(rng.uniform(0.0, S)))
+    else:
+        start = (along(dx), along(dy))
     rgb = tuple(float(np.clip(c + rng.uniform(-0.05, 0.05), 0.0, 1.0)) for c in COLOURS[colour])
     background = tuple(float(c) for c in rng.uniform(0.0, 0.22, size=3))
     gradient = (float(rng.uniform(0.0, 0.08)), float(rng.uniform(0.0, 2 * np.pi)))
     return VideoSpec(colour=colour, shape=shape, motion=motion, rgb=rgb, radius=radius_px, start=start, speed=speed,
-                     background=background, gradient=gradient, frames=frames, size=size)
+                     background=background, gradient=gradient, frames=frames, size=size, edges=edges)
 
 
 def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
@@ -203,6 +233,8 @@ class CaptionedVideoWorld(Dataset):
         exclude: phrases naming combinations never shown ("blue triangle", "green moving up", "still"); see
             veil.data.vocab.parse_phrase. Held-out combinations are in ``self.held_out``.
         radius: the object radius range (lo, hi) as fractions of the frame size, ``0 < lo <= hi <= 0.25``.
+        edges: "inside" (every trajectory stays in the frame) or "wrap" (a torus: objects leave one edge and
+            re-enter at the opposite one, so motion continued for any length stays true to the caption).
 
     Raises:
         TypeError / ValueError: a bad argument, an unknown word in ``exclude``, or an ``exclude`` that removes
@@ -210,7 +242,8 @@ class CaptionedVideoWorld(Dataset):
     """
 
     def __init__(self, num_samples: int, frames: int = 16, size: int = 32, seed: int = 0,
-                 exclude: Iterable[str | Pattern] | str | None = None, radius: tuple[float, float] = RADIUS):
+                 exclude: Iterable[str | Pattern] | str | None = None, radius: tuple[float, float] = RADIUS,
+                 edges: str = "inside"):
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.frames = _check_int("frames", frames, MIN_FRAMES, MAX_FRAMES)
         self.size = _check_int("size", size, 1)
@@ -219,6 +252,7 @@ class CaptionedVideoWorld(Dataset):
         self.seed = _check_int("seed", seed, 0)
         self.seen, self.held_out = split_combinations(exclude)
         self.radius = check_radius(radius)
+        self.edges = check_edges(edges)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -231,7 +265,8 @@ class CaptionedVideoWorld(Dataset):
         index = self._index(index)
         rng = self._rng(index)
         colour, shape, motion = self.seen[int(rng.integers(len(self.seen)))]
-        return sample_spec(colour, shape, motion, frames=self.frames, size=self.size, rng=rng, radius=self.radius)
+        return sample_spec(colour, shape, motion, frames=self.frames, size=self.size, rng=rng, radius=self.radius,
+                           edges=self.edges)
 
     def caption(self, index: int) -> str:
         """The caption of sample ``index``."""
@@ -263,5 +298,5 @@ def make_video(colour: str, shape: str, motion: str, *, frames: int = 16, size: 
     return render(spec), spec
 
 
-__all__ = ["MOTIONS", "CaptionedVideoWorld", "VideoSpec", "make_video", "render", "render_many", "sample_spec",
+__all__ = ["EDGES", "MOTIONS", "CaptionedVideoWorld", "VideoSpec", "make_video", "render", "render_many", "sample_spec",
            "shape_inside"]
