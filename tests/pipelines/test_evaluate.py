@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from veil.data import make_video
-from veil.pipelines.evaluate import default_prompts, evaluate, extension_ceiling, score_videos, truth_of, window_scores
+from veil.pipelines.evaluate import (
+    default_prompts,
+    evaluate,
+    extension_ceiling,
+    fidelity_scores,
+    score_videos,
+    truth_of,
+    window_scores,
+)
 
 TRIPLES = [("red", "circle", "left"), ("blue", "square", "up"), ("yellow", "triangle", "still"),
            ("green", "square", "down")]
@@ -45,12 +53,33 @@ def test_window_scores_count_each_window():
 
 def test_extension_ceiling_is_the_world_continued():
     still = extension_ceiling([("red", "square", "still")], 8, 32, 4, samples=4)
-    assert still == {"windows": 16, "colour": 1.0, "motion": 1.0, "both": 1.0}
+    assert still == {"windows": 16, "colour": 1.0, "shape": 1.0, "motion": 1.0, "both": 1.0, "all": 1.0}
     moving = extension_ceiling([("green", "circle", "left"), ("white", "triangle", "down")], 8, 32, 4, samples=6)
     # the first window always moves the right way; by the fourth the object has travelled 80-160% of the frame
     assert moving["windows"] == 48 and 0.25 <= moving["motion"] < 0.75 and moving["colour"] < 1.0
     assert moving == extension_ceiling([("green", "circle", "left"), ("white", "triangle", "down")], 8, 32, 4,
                                        samples=6)  # deterministic by seed
+
+
+def test_extension_ceiling_of_the_wrap_world_keeps_every_window():
+    truths = [("green", "circle", "left"), ("white", "triangle", "down"), ("blue", "square", "right")]
+    wrap = extension_ceiling(truths, 16, 32, 4, samples=4, edges="wrap", radius=(0.2, 0.25))
+    # objects travel 80-160% of the frame over the four windows, crossing an edge, and the motion stays true
+    assert wrap["windows"] == 48 and wrap["all"] >= 0.95
+    inside = extension_ceiling(truths, 16, 32, 4, samples=4, radius=(0.2, 0.25))
+    assert inside["motion"] < 0.75
+
+
+def test_fidelity_scores_put_generated_clips_next_to_renders():
+    truths = [("red", "square", "left"), ("blue", "circle", "up"), ("white", "square", "still")]
+    clean = torch.stack([make_video(*t, frames=8, seed=i)[0] for i, t in enumerate(truths)])
+    s = fidelity_scores(clean, truths)
+    for m in (s["generated"], s["rendered"]):
+        assert m["background"] < 1e-3 and m["square_fill"] >= 0.92 and m["edge"] < 1.0 and m["edges_sharp"] == 1.0
+    blurred = torch.nn.functional.avg_pool3d(clean, (1, 3, 3), stride=1, padding=(0, 1, 1), count_include_pad=False)
+    noisy = blurred + 0.05 * torch.randn(blurred.shape, generator=torch.Generator().manual_seed(0))
+    g = fidelity_scores(noisy, truths)["generated"]
+    assert g["edge"] > 1.8 and g["edges_sharp"] == 0.0 and g["background"] > 0.015
 
 
 class WorldPipeline:
@@ -82,3 +111,6 @@ def test_evaluate_a_perfect_pipeline_writes_its_report(tmp_path):
     md = (tmp_path / "report.md").read_text()
     assert "| held_out | 2 | 100.0% | 100.0% | 100.0% | 100.0% |" in md
     assert all((tmp_path / f).is_file() for f in ("seen.gif", "held_out.gif", "extension.gif"))
+    fid = report["fidelity"]
+    assert fid["generated"]["background"] < 1e-3 and fid["rendered"]["edges_sharp"] == 1.0
+    assert "| rendered |" in md and report["edges"] == "inside"

@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
 
 def run_t2v(args: argparse.Namespace) -> int:
     from veil.pipelines import TextToVideo, save_grid, save_video
-    from veil.pipelines.evaluate import score_videos, truth_of
+    from veil.pipelines.evaluate import score_videos, trained_world, truth_of
 
     torch.set_num_threads(args.threads)
     out = pathlib.Path(args.out)
@@ -60,7 +60,8 @@ def run_t2v(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     videos = pipe(prompts, steps=2 if args.tiny else None, seed=0)
     seconds = time.perf_counter() - t0
-    scores = score_videos(videos, [truth_of(p) for p in prompts])
+    wrap = trained_world(pipe).get("edges") == "wrap"  # objects cross the frame edges
+    scores = score_videos(videos, [truth_of(p) for p in prompts], wrap=wrap)
     for p, v, row in zip(prompts, videos, scores["rows"]):
         path = save_video(v, out / (p.replace(" ", "_") + ".gif"))
         mark = "ok" if row["all"] else "recovered " + " ".join(str(g) for g in row["got"])

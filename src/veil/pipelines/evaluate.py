@@ -23,10 +23,12 @@ import torch
 from torch import Tensor
 
 from veil.data import analyze, caption, parse_phrase, render_many, sample_spec, split_combinations
+from veil.data.fidelity import fidelity
+from veil.data.world import RADIUS, check_edges
 from veil.pipelines.media import save_grid
 
-__all__ = ["ATTRIBUTES", "default_prompts", "evaluate", "extension_ceiling", "score_videos", "truth_of",
-           "window_scores"]
+__all__ = ["ATTRIBUTES", "default_prompts", "evaluate", "extension_ceiling", "fidelity_scores", "score_videos",
+           "trained_world", "truth_of", "window_scores"]
 
 ATTRIBUTES = ("colour", "shape", "motion")
 
@@ -49,12 +51,13 @@ def default_prompts(exclude: Iterable[str] | None) -> dict[str, list[str]]:
     return {"seen": [caption(*c) for c in seen], "held_out": [caption(*c) for c in held]}
 
 
-def score_videos(videos: Tensor, truths: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+def score_videos(videos: Tensor, truths: Sequence[tuple[str, str, str]], *, wrap: bool = False) -> dict[str, Any]:
     """Analyze each video and compare with its truth.
 
     Args:
         videos: [B, 3, T, H, W] in [-1, 1].
         truths: B (colour, shape, motion) triples.
+        wrap: the videos show the world with ``edges="wrap"`` (see :func:`veil.data.analyze`).
 
     Returns:
         ``{"n", "colour", "shape", "motion", "all"}`` (shares in [0, 1]) and ``"rows"``: per video the truth,
@@ -68,7 +71,7 @@ def score_videos(videos: Tensor, truths: Sequence[tuple[str, str, str]]) -> dict
                          f"{list(videos.shape)}, got {len(truths)}")
     rows = []
     for v, truth in zip(videos, truths):
-        got = analyze(v).as_tuple()
+        got = analyze(v, wrap=wrap).as_tuple()
         ok = {a: g == t for a, g, t in zip(ATTRIBUTES, got, truth)}
         rows.append({"truth": list(truth), "got": list(got), **ok, "all": all(ok.values())})
     n = len(rows)
@@ -79,37 +82,42 @@ def score_videos(videos: Tensor, truths: Sequence[tuple[str, str, str]]) -> dict
     return out
 
 
-def window_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], window: int) -> dict[str, Any]:
-    """Split each long video into consecutive windows of ``window`` frames and score colour and motion in each.
+def window_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], window: int, *,
+                  wrap: bool = False) -> dict[str, Any]:
+    """Split each long video into consecutive windows of ``window`` frames and score each.
 
     Returns:
-        ``{"windows", "colour", "motion", "both"}``: the number of windows and the shares that kept the prompt's
-        colour, its motion, and both.
+        ``{"windows", "colour", "shape", "motion", "both", "all"}``: the number of windows and the shares that
+        kept the prompt's colour, its shape, its motion, colour and motion, and all three.
     """
     t = videos.shape[2]
     if window < 2 or t < window:
         raise ValueError(f"window: expected 2 <= window <= T = {t}, got {window}")
-    counts = {"colour": 0, "motion": 0, "both": 0}
+    counts = {"colour": 0, "shape": 0, "motion": 0, "both": 0, "all": 0}
     n = 0
-    for v, (colour, _, motion) in zip(videos, truths):
+    for v, (colour, shape, motion) in zip(videos, truths):
         for start in range(0, t - window + 1, window):
-            got = analyze(v[:, start:start + window])
-            c, m = got.colour == colour, got.motion == motion
+            got = analyze(v[:, start:start + window], wrap=wrap)
+            c, s, m = got.colour == colour, got.shape == shape, got.motion == motion
             counts["colour"] += c
+            counts["shape"] += s
             counts["motion"] += m
             counts["both"] += c and m
+            counts["all"] += c and s and m
             n += 1
     return {"windows": n, **{k: v / n for k, v in counts.items()}}
 
 
 def extension_ceiling(truths: Sequence[tuple[str, str, str]], frames: int, size: int, factor: int, *,
-                      samples: int = 8, seed: int = 0) -> dict[str, Any]:
+                      samples: int = 8, seed: int = 0, edges: str = "inside",
+                      radius: tuple[float, float] = RADIUS) -> dict[str, Any]:
     """What a perfect model scores on the extension check: the world's own motion, continued.
 
-    For each triple, ``samples`` clips are drawn as the world draws them for ``frames`` frames, then rendered for
-    ``factor * frames`` frames at the same speed and direction, and scored with :func:`window_scores`. A moving
-    object travels 20-40% of the frame per trained length, so it leaves the frame within a few windows: this is
-    the most any model that continues the motion can score, below 100% by the world's geometry.
+    For each triple, ``samples`` clips are drawn as the world draws them for ``frames`` frames (with ``edges`` and
+    ``radius``), then rendered for ``factor * frames`` frames at the same speed and direction, and scored with
+    :func:`window_scores`. A moving object travels 20-40% of the frame per trained length: with
+    ``edges="inside"`` it leaves the frame within a few windows, so the ceiling is below 100% by the world's
+    geometry; with ``edges="wrap"`` it re-enters at the opposite edge and the motion stays true.
 
     Returns:
         :func:`window_scores`' dict over all the rendered clips.
@@ -118,10 +126,46 @@ def extension_ceiling(truths: Sequence[tuple[str, str, str]], frames: int, size:
     specs, clip_truths = [], []
     for truth in truths:
         for _ in range(samples):
-            spec = sample_spec(*truth, frames=frames, size=size, rng=rng)
+            spec = sample_spec(*truth, frames=frames, size=size, rng=rng, edges=edges, radius=radius)
             specs.append(dataclasses.replace(spec, frames=factor * frames))
             clip_truths.append(truth)
-    return window_scores(render_many(specs), clip_truths, frames)
+    return window_scores(render_many(specs), clip_truths, frames, wrap=edges == "wrap")
+
+
+def trained_world(pipeline: Any) -> dict[str, Any]:
+    """The world settings a checkpoint was trained on (its ``run.t2v_config`` metadata; ``{}`` if none):
+    ``exclude``, ``edges``, ``radius``, ... as :class:`~veil.training.t2v.T2VConfig` fields."""
+    return dict((getattr(pipeline, "extra", {}) or {}).get("run", {}).get("t2v_config", {}))
+
+
+def fidelity_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], *, seed: int = 0, edges: str = "inside",
+                    radius: tuple[float, float] = RADIUS) -> dict[str, Any]:
+    """How cleanly ``videos`` are drawn, next to the world's own renders of the same triples.
+
+    Each video is measured with :func:`veil.data.fidelity.fidelity` (background residual, square fill, edge
+    width), and so is one render per triple, drawn as the world draws it (``edges``, ``radius``, the videos' size
+    and length).
+
+    Returns:
+        ``{"generated": m, "rendered": m}`` with ``m = {"background", "square_fill", "edge", "edges_sharp"}``:
+        the mean background residual over the clips, the mean fill of the square clips (None without squares),
+        the mean edge rise in pixels over the clips with a measured edge, and the share of those clips whose
+        edge rises within 1.5 pixels.
+    """
+    _, _, t, h, _ = videos.shape
+    rng = np.random.default_rng([seed, 11])
+    renders = render_many(sample_spec(*truth, frames=t, size=h, rng=rng, edges=edges, radius=radius)
+                          for truth in truths)
+    out: dict[str, Any] = {}
+    for name, clips in (("generated", videos), ("rendered", renders)):
+        rows = [fidelity(v, truth[1], wrap=edges == "wrap") for v, truth in zip(clips, truths)]
+        fills = [r["fill"] for r in rows if r["fill"] is not None]
+        sharp = [r["edge"] for r in rows if r["edge"] is not None]
+        out[name] = {"background": float(np.mean([r["background"] for r in rows])),
+                     "square_fill": float(np.mean(fills)) if fills else None,
+                     "edge": float(np.mean(sharp)) if sharp else None,
+                     "edges_sharp": float(np.mean([e <= 1.5 for e in sharp])) if sharp else None}
+    return out
 
 
 def _generate(pipeline: Any, prompts: Sequence[str], batch: int, **kw: Any) -> Tensor:
@@ -130,8 +174,9 @@ def _generate(pipeline: Any, prompts: Sequence[str], batch: int, **kw: Any) -> T
 
 
 def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: Sequence[str] | None = None,
-             exclude: Iterable[str] | None = None, seed: int = 0, guidance: float | None = None,
-             steps: int | None = None, batch_size: int = 40, extension_prompts: int = 10, extend_factor: int = 4,
+             exclude: Iterable[str] | None = None, edges: str | None = None, seed: int = 0,
+             guidance: float | None = None, steps: int | None = None, batch_size: int = 40,
+             extension_prompts: int = 10, extend_factor: int = 4, measure_fidelity: bool = True,
              out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score how well ``pipeline`` follows prompts, and whether a long extension keeps colour and motion.
 
@@ -141,20 +186,29 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
         held_out: held-out prompts; None: every held-out combination under ``exclude`` (none when ``prompts``
             is given).
         exclude: the training run's exclude phrases; None: the pipeline's checkpoint metadata (if any).
+        edges: the world's edges ("inside" or "wrap", see :class:`~veil.data.CaptionedVideoWorld`); None: the
+            checkpoint metadata's (else "inside"). With "wrap" the analyzer reassembles objects across the edges.
         seed, guidance, steps: passed to the pipeline (None: its defaults).
         batch_size: prompts per pipeline call.
         extension_prompts: how many seen prompts (spread over the list) to extend; 0 skips the check.
         extend_factor: the extension length in trained lengths.
+        measure_fidelity: also measure how cleanly the seen prompts' clips are drawn, next to the world's renders
+            (:func:`fidelity_scores`).
         out_dir: where to write ``report.json``, ``report.md``, ``seen.gif``, ``held_out.gif`` and
             ``extension.gif`` (None: nothing written).
 
     Returns:
         The report: ``{"seen": scores, "held_out": scores, "held_out_combinations": {prompt: row},
-        "extension": window scores, "seconds": ...}`` with the scores of :func:`score_videos`.
+        "extension": window scores, "fidelity": ..., "seconds": ...}`` with the scores of :func:`score_videos`
+        and :func:`fidelity_scores`.
     """
     t0 = time.perf_counter()
+    trained = trained_world(pipeline)
     if exclude is None:
-        exclude = (getattr(pipeline, "extra", {}) or {}).get("run", {}).get("t2v_config", {}).get("exclude")
+        exclude = trained.get("exclude")
+    edges = check_edges(edges if edges is not None else trained.get("edges", "inside"))
+    wrap = edges == "wrap"
+    radius = tuple(trained.get("radius", RADIUS))
     if prompts is None:
         defaults = default_prompts(exclude)
         prompts = defaults["seen"]
@@ -162,16 +216,19 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
     held_out = list(held_out or [])
     prompts = list(prompts)
     kw = dict(seed=seed, guidance=guidance, steps=steps)
-    report: dict[str, Any] = {"exclude": list(exclude or []), "seed": seed}
+    report: dict[str, Any] = {"exclude": list(exclude or []), "edges": edges, "seed": seed}
     groups = {"seen": prompts, "held_out": held_out}
     videos: dict[str, Tensor] = {}
     for name, group in groups.items():
         if not group:
             continue
         videos[name] = _generate(pipeline, group, batch_size, **kw)
-        report[name] = score_videos(videos[name], [truth_of(p) for p in group])
+        report[name] = score_videos(videos[name], [truth_of(p) for p in group], wrap=wrap)
         for p, row in zip(group, report[name]["rows"]):
             row["prompt"] = p
+    if measure_fidelity and "seen" in videos:
+        report["fidelity"] = fidelity_scores(videos["seen"], [truth_of(p) for p in prompts], seed=seed, edges=edges,
+                                             radius=radius)
     if held_out:
         report["held_out_combinations"] = {r["prompt"]: {a: r[a] for a in (*ATTRIBUTES, "all")} | {"got": r["got"]}
                                            for r in report["held_out"]["rows"]}
@@ -183,9 +240,9 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
         long_videos = _generate(pipeline, chosen, batch_size, extend_to=extend_factor * frames, **kw)
         truths = [truth_of(p) for p in chosen]
         report["extension"] = {"factor": extend_factor, "prompts": chosen,
-                               **window_scores(long_videos, truths, frames),
+                               **window_scores(long_videos, truths, frames, wrap=wrap),
                                "ceiling": extension_ceiling(truths, frames, pipeline.config.size, extend_factor,
-                                                            seed=seed)}
+                                                            seed=seed, edges=edges, radius=radius)}
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
         out = Path(out_dir)
@@ -216,13 +273,26 @@ def markdown(report: dict[str, Any]) -> str:
         for p, r in report["held_out_combinations"].items():
             lines.append(f"| {p} | " + " | ".join("yes" if r[a] else "no" for a in ATTRIBUTES) +
                          f" | {' '.join(str(g) for g in r['got'])} |")
+    if "fidelity" in report:
+        f = report["fidelity"]
+
+        def cell(m: dict[str, Any], key: str, fmt: str) -> str:
+            return "-" if m[key] is None else format(m[key], fmt)
+
+        lines += ["", "| fidelity (seen prompts) | background residual | square fill | edge rise (px) "
+                      "| edges <= 1.5 px |", "|---|---|---|---|---|"]
+        for name in ("generated", "rendered"):
+            m = f[name]
+            lines.append(f"| {name} | {m['background']:.4f} | {cell(m, 'square_fill', '.1%')} | "
+                         f"{cell(m, 'edge', '.2f')} | {cell(m, 'edges_sharp', '.0%')} |")
     if "extension" in report:
         e = report["extension"]
         lines += ["", f"Extension to {e['factor']}x the trained length ({e['windows']} windows): colour kept in "
-                  f"{_pct(e['colour'])}, motion in {_pct(e['motion'])}, both in {_pct(e['both'])}."]
+                  f"{_pct(e['colour'])}, shape in {_pct(e['shape'])}, motion in {_pct(e['motion'])}, all three in "
+                  f"{_pct(e['all'])}."]
         if "ceiling" in e:
             c = e["ceiling"]
-            lines.append(f"Ceiling (the world's own motion continued for the same prompts, {c['windows']} windows; "
-                         f"objects leave the frame): colour {_pct(c['colour'])}, motion {_pct(c['motion'])}, both "
-                         f"{_pct(c['both'])}.")
+            lines.append(f"Ceiling (the world's own motion continued for the same prompts, {c['windows']} windows, "
+                         f"edges {report.get('edges', 'inside')!r}): colour {_pct(c['colour'])}, shape "
+                         f"{_pct(c['shape'])}, motion {_pct(c['motion'])}, all three {_pct(c['all'])}.")
     return "\n".join(lines) + "\n"
