@@ -92,6 +92,31 @@ def test_anchors_steer_the_other_frames_of_a_real_network():
     assert torch.isfinite(anchored).all()
 
 
+def test_clean_anchors_are_given_clean_at_timestep_0():
+    ctx, lengths, frames = _setup(3)
+
+    class PerFrame(torch.nn.Module):  # a denoiser that takes per-frame timesteps [B, T]
+        def __init__(self):
+            super().__init__()
+            self.inner = TinyDenoiser()
+
+        def forward(self, x, t, c, n=None):
+            assert t.shape == (x.shape[0], x.shape[2])
+            return self.inner(x, t.mean(1), c, n)
+
+    rec = Recorder(PerFrame())
+    kw = dict(guidance_scale=2.0, steps=3, progress=False, generator=torch.Generator().manual_seed(0))
+    anchors = {0: frames[0], 2: frames[2]}
+    with torch.no_grad():
+        out = sample(rec, FlowMatchEulerDiscreteScheduler(), SHAPE, ctx, lengths, keyframes=anchors,
+                     clean_anchors=True, **kw)
+    assert torch.equal(out[:, :, 0], frames[0]) and torch.equal(out[:, :, 2], frames[2])
+    assert len(rec.inputs) == 3
+    for x, t in rec.inputs:  # rows: conditional and unconditional
+        assert t.shape == (4, 5) and (t[:, [0, 2]] == 0).all() and (t[:, [1, 3, 4]] > 0).all()
+        assert torch.equal(x[:2, :, 0], frames[0]) and torch.equal(x[:2, :, 2], frames[2])
+
+
 @pytest.mark.parametrize("frames_wanted", [9, 8, 4])
 def test_extend_stitches_windows_exactly(frames_wanted):
     ctx, lengths, _ = _setup(3)

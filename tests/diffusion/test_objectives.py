@@ -41,6 +41,36 @@ def test_flow_matching_example_literal():
     assert ex.timestep.tolist() == [250.0, 1000.0]
 
 
+def test_flow_matching_continuation_gives_clean_prefixes_at_timestep_0():
+    x0 = torch.randn(64, 2, 8, 2, 2)
+    noise = torch.randn_like(x0)
+    ex = FlowMatching(context_frames=0.5, frame_patch=2).example(x0, generator=torch.Generator().manual_seed(0),
+                                                                   noise=noise)
+    assert ex.timestep.shape == (64, 8) and ex.weight.shape == (64, 1, 8, 1, 1)
+    k = (ex.timestep == 0).sum(1)  # clean frames per sample
+    for b in range(64):
+        assert (ex.timestep[b, : k[b]] == 0).all() and (ex.timestep[b, k[b]:] > 0).all()
+        assert torch.equal(ex.x_t[b, :, : k[b]], x0[b, :, : k[b]])
+        assert (ex.weight[b, 0, : k[b]] == 0).all() and (ex.weight[b, 0, k[b]:] == 1).all()
+    assert set(k.tolist()) == {0, 2, 4}  # whole patches, up to half the clip
+    assert 0.3 < (k > 0).float().mean() < 0.7
+    # sigma and the noise are drawn as without continuation
+    plain = FlowMatching().example(x0, generator=torch.Generator().manual_seed(0), noise=noise)
+    assert torch.equal(ex.timestep.amax(1), plain.timestep)
+    # the loss skips the clean prefix: a model wrong there only has zero loss
+    fm = FlowMatching(context_frames=1.0, frame_patch=2)
+    ex = fm.example(x0, generator=torch.Generator().manual_seed(1))
+
+    def model(x_t, t, c, n=None):
+        return torch.where((t == 0)[:, None, :, None, None], torch.full_like(x_t, 9.0), ex.target)
+
+    assert float(fm.loss(model, x0, torch.zeros(64, 1, 4), generator=torch.Generator().manual_seed(1))) == 0.0
+    with pytest.raises(ValueError, match="at least 2 temporal patches"):
+        FlowMatching(context_frames=0.5, frame_patch=8).example(x0)
+    with pytest.raises(ValueError, match="context_frames"):
+        FlowMatching(context_frames=1.5)
+
+
 def test_flow_matching_sigma_sqr_weighting_is_the_x0_error_of_an_x_predictor():
     from veil.pipelines.t2v import XPrediction
 

@@ -82,6 +82,22 @@ def test_matches_diffusers_per_token_timesteps():
     assert (full_window - want).abs().max() <= 1e-4
 
 
+def test_per_frame_timesteps_are_per_token_timesteps_of_each_temporal_patch():
+    cfg = WanConfig(in_channels=4, out_channels=4, patch_size=(2, 2, 2), dim=24, heads=2, num_layers=2, ffn_dim=32,
+                    text_dim=16, freq_dim=16, pooled_text=True)
+    model = WanDiT(cfg).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, context = torch.randn(2, 4, 6, 8, 8), torch.randn(2, 5, 16)
+    per_frame = torch.tensor([[0.0, 0.0, 400.0, 400.0, 400.0, 400.0], [900.0] * 6])
+    per_token = per_frame[:, ::2].repeat_interleave(4 * 4, dim=1)  # (B, 3 * 4 * 4) raster order
+    with torch.no_grad():
+        a, b = model(x, per_frame, context), model(x, per_token, context)
+        c = model(x, torch.tensor([900.0, 900.0]), context)
+    assert torch.allclose(a, b, atol=1e-5) and torch.allclose(a[1], c[1], atol=1e-5)
+
+
 def test_from_diffusers_shares_or_copies_weights():
     theirs = _diffusers()
     shared = WanDiT.from_diffusers(theirs, copy=False)

@@ -70,6 +70,46 @@ def test_x_prediction_turns_a_clean_estimate_into_the_velocity():
     assert torch.allclose(v[1], (xt[1] - x0[0]) / 0.05, atol=1e-5)  # clamped below
 
 
+def test_x_prediction_takes_per_frame_timesteps():
+    class Zero(torch.nn.Module):
+        def forward(self, x, t, c, n=None):
+            return torch.zeros_like(x)
+
+    x = torch.randn(2, 3, 4, 4, 4)
+    t = torch.tensor([[0.0, 0.0, 500.0, 500.0], [250.0, 250.0, 250.0, 250.0]])
+    v = XPrediction(Zero(), min_sigma=0.05)(x, t, torch.zeros(2, 1, 4))
+    sigma = torch.tensor([[0.05, 0.05, 0.5, 0.5], [0.25] * 4])[:, None, :, None, None]
+    assert torch.allclose(v, x / sigma)
+    with pytest.raises(ValueError, match="per-frame"):
+        XPrediction(Zero())(x, torch.zeros(2, 7), torch.zeros(2, 1, 4))
+
+
+def test_any_frame_count_of_whole_temporal_patches_and_clean_anchored_extension():
+    cfg = tiny_config(clean_anchors=True)  # temporal patch 2, trained length 4, overlap 2
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t, c, n=None):
+            calls.append((x.shape[2], t.clone()))
+            return self.inner(x, t, c, n)
+
+    pipe = TextToVideo(Spy(randomize(cfg.build_model())), PixelCodec(), HashEncoder(), cfg)
+    assert pipe(["a red circle"], frames=6).shape == (1, 3, 6, 32, 32)
+    with pytest.raises(ValueError, match=r"frames: .*temporal patch \(2\), got 5 frames"):
+        pipe(["a red circle"], frames=5)
+    calls.clear()
+    v = pipe(["a red circle"], extend_to=8)
+    assert v.shape == (1, 3, 8, 32, 32)
+    first, windows = calls[: cfg.steps], calls[cfg.steps:]
+    assert all(t.dim() == 1 for _, t in first)  # the first window has no anchors
+    # every extension window sees its two anchored frames clean, at timestep 0, and the rest at the step's level
+    assert windows and all(t.shape == (2, 4) and (t[:, :2] == 0).all() and (t[:, 2:] > 0).all() for _, t in windows)
+
+
 def test_extend_and_keyframes():
     pipe = make_pipe()
     key = torch.rand(3, 32, 32) * 2 - 1

@@ -56,7 +56,7 @@ class TrainingExample:
     x_t: Tensor
     timestep: Tensor
     target: Tensor
-    weight: Tensor | None = None  # [B] per-sample loss weights, None = 1
+    weight: Tensor | None = None  # [B] per-sample loss weights, or broadcast to x0 (a frame mask); None = 1
 
 
 def prediction_for(prediction: Tensor, x: Tensor) -> Tensor:
@@ -124,7 +124,13 @@ def _mse(model: Any, ex: TrainingExample, context: Tensor, context_lengths: Tens
     err = (pred.float() - ex.target.float()) ** 2
     if ex.weight is None:
         return torch.mean(err)
-    return torch.mean(err.flatten(1).mean(1) * ex.weight.to(err.device, err.dtype))
+    w = ex.weight.to(err.device, err.dtype)
+    if w.dim() == 1:
+        return torch.mean(err.flatten(1).mean(1) * w)
+    # per-element weights (a mask of the frames that count): each sample's weighted mean over what it weights
+    w = w.expand_as(err)
+    count = (w > 0).flatten(1).sum(1).clamp_min(1)
+    return torch.mean((err * w).flatten(1).sum(1) / count)
 
 
 @dataclasses.dataclass(kw_only=True)
@@ -144,6 +150,13 @@ class FlowMatching:
             ``"sigma_sqr"`` (``sigma^2``: for a denoiser that predicts the clean sample, as
             :class:`~veil.pipelines.t2v.XPrediction`, this is the plain x0 error, which gives the high-noise
             samples that decide a video's layout and motion as much weight as the nearly clean ones).
+        context_frames: the share of samples trained for continuation (diffusion forcing,
+            https://arxiv.org/abs/2407.01392, with one noise level after a clean prefix): their first ``k`` frames
+            stay clean, at timestep 0, ``k`` a multiple of ``frame_patch`` drawn uniformly from ``frame_patch`` to
+            half the clip; the loss skips those frames. With ``context_frames > 0`` every example's timestep is
+            per frame, ``[B, T]`` (see :class:`~veil.models.WanDiT`), so the denoiser learns to continue given
+            frames that it sees clean, as :func:`veil.diffusion.extend` gives them (``clean_anchors``).
+        frame_patch: the denoiser's temporal patch: clean prefixes are whole patches.
 
     Raises:
         ValueError: a field out of range.
@@ -154,8 +167,14 @@ class FlowMatching:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     weighting: Literal["none", "sigma_sqr"] = "none"
+    context_frames: float = 0.0
+    frame_patch: int = 1
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.context_frames <= 1.0:
+            raise ValueError(f"context_frames: expected a share in [0, 1], got {self.context_frames!r}")
+        if isinstance(self.frame_patch, bool) or not isinstance(self.frame_patch, int) or self.frame_patch < 1:
+            raise ValueError(f"frame_patch: expected a positive int, got {self.frame_patch!r}")
         if not self.shift > 0:
             raise ValueError(f"shift: expected a positive number, got {self.shift!r}")
         if self.sampling not in ("uniform", "logit_normal"):
@@ -204,7 +223,29 @@ class FlowMatching:
             noise = _randn((n, *x0.shape[1:]), generator, x0)[mine]
         sigma = sigma.to(x0.device, torch.float32)
         weight = sigma**2 if self.weighting == "sigma_sqr" else None
+        if self.context_frames > 0:
+            return self._continuation(x0, noise, sigma, weight, n, mine, generator)
         return TrainingExample(self.noise(x0, noise, sigma), sigma * 1000.0, noise - x0, weight)
+
+    def _continuation(self, x0: Tensor, noise: Tensor, sigma: Tensor, weight: Tensor | None, n: int, mine: slice,
+                      generator: torch.Generator | None) -> TrainingExample:
+        # per-frame noise levels: 0 on a clean prefix of the chosen samples, sigma elsewhere; drawn after sigma and
+        # the noise, so that the other draws are those of a run without continuation
+        t, pt = x0.shape[2], self.frame_patch
+        patches = t // pt
+        if t % pt or patches < 2:
+            raise ValueError(f"x0: continuation needs at least 2 temporal patches of {pt} frames, got {t} frames")
+        chosen = (_rand(n, generator) < self.context_frames)[mine]
+        k = ((_rand(n, generator) * (patches // 2)).long() + 1)[mine].clamp_max(patches // 2) * pt  # (B,) frames
+        k = torch.where(chosen, k, torch.zeros_like(k)).to(x0.device)
+        noisy = (torch.arange(t, device=x0.device)[None] >= k[:, None]).float()  # (B, T)
+        per_frame = sigma[:, None] * noisy  # (B, T)
+        s = per_frame[:, None, :, None, None].to(x0.dtype)  # (B, 1, T, 1, 1)
+        x_t = (1 - s) * x0 + s * noise
+        w = noisy[:, None, :, None, None]  # (B, 1, T, 1, 1): the loss skips the clean prefix
+        if weight is not None:
+            w = w * weight.view(-1, 1, 1, 1, 1)
+        return TrainingExample(x_t, per_frame * 1000.0, noise - x0, w)
 
     def loss(self, model: Any, x0: Tensor, context: Tensor, context_lengths: Tensor | None = None, *,
              generator: torch.Generator | None = None, rows: tuple[int, int] | None = None,

@@ -39,7 +39,7 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
            negative_context: Tensor | None = None, negative_lengths: Tensor | None = None, *,
            guidance_scale: float | Sequence[float] = 5.0, steps: int = 50, generator: torch.Generator | None = None,
            keyframes: Mapping[int, Tensor] | None = None, progress: bool = True, latents: Tensor | None = None,
-           model_kwargs: Mapping[str, Any] | None = None) -> Tensor:
+           model_kwargs: Mapping[str, Any] | None = None, clean_anchors: bool = False) -> Tensor:
     """Sample latents [B, C, T, H, W] from a denoiser with a diffusers scheduler.
 
     Args:
@@ -63,6 +63,9 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
         latents: initial noise [B, C, T, H, W] (unit variance) to use instead of drawing it.
         model_kwargs: extra keyword arguments for every model call (they are not split by guidance, so they
             must not have a batch dimension).
+        clean_anchors: give the keyframes to the denoiser clean, with per-frame timesteps ``[B, T]`` that are 0
+            on them, instead of noised to the current level (for a denoiser trained for continuation, see
+            ``FlowMatching.context_frames``; its temporal patches must not straddle anchored and free frames).
 
     Returns:
         float32 latents [B, C, T, H, W] on the context's device.
@@ -99,7 +102,7 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
         model.eval()  # no dropout while sampling; the mode is restored below
     try:
         x = _integrate(model, scheduler, steps, noise, ctx, ctx_lengths, anchors, scales, given_pair, guided,
-                       generator, progress, kwargs)
+                       generator, progress, kwargs, clean_anchors and anchors is not None)
     finally:
         if was_training:
             model.train()
@@ -110,7 +113,8 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
 
 def _integrate(model: Any, scheduler: Any, steps: int, noise: Tensor, ctx: Tensor, ctx_lengths: Tensor,
                anchors: Keyframes | None, scales: tuple[float, float], given_pair: bool, guided: bool,
-               generator: torch.Generator | None, progress: bool, kwargs: dict[str, Any]) -> Tensor:
+               generator: torch.Generator | None, progress: bool, kwargs: dict[str, Any],
+               clean: bool = False) -> Tensor:
     # the scheduler loop of sample(); ctx holds the conditional rows, then the unconditional ones when guided
     b, device = noise.shape[0], noise.device
     anchor_noise = noise[:, :, anchors.indices] if anchors is not None else None  # (B, C, K, H, W)
@@ -122,15 +126,23 @@ def _integrate(model: Any, scheduler: Any, steps: int, noise: Tensor, ctx: Tenso
     num_train = int(getattr(scheduler.config, "num_train_timesteps", 1000))
     x = noise * float(getattr(scheduler, "init_noise_sigma", 1.0))
     scale_input = getattr(scheduler, "scale_model_input", None)  # flow-match Euler has none
+    free = None
+    if clean:  # per-frame timesteps: 0 on the anchored frames, which the denoiser sees clean
+        free = torch.ones(noise.shape[2], device=device)
+        free[anchors.indices] = 0.0
 
     for timestep in tqdm(scheduler.timesteps, disable=not progress, desc="sampling", leave=False):
-        if anchors is not None:
+        if clean:
+            x = anchors.apply(x, anchors.clean.to(x))
+        elif anchors is not None:
             x = anchors.apply(x, anchors.noised(scheduler, anchor_noise, timestep))
         x_in = scale_input(x, timestep) if scale_input is not None else x
         g = guidance_scale_for(model, float(timestep), scales, given_pair=given_pair, num_train_timesteps=num_train)
         rows = 2 * b if guided else b
         x_in = torch.cat([x_in, x_in]) if guided else x_in  # (rows, C, T, H, W)
         t_in = timestep.to(device=device, dtype=torch.float32).reshape(1).expand(rows)
+        if free is not None:
+            t_in = t_in[:, None] * free  # (rows, T)
         pred = prediction_for(model(x_in, t_in, ctx, ctx_lengths, **kwargs), x_in).float()
         if guided:
             cond, uncond = pred.chunk(2)
@@ -144,7 +156,8 @@ def extend(model: Any, scheduler: Any, video_latents: Tensor, context: Tensor, f
            overlap_k: int, *, context_lengths: Tensor | None = None, negative_context: Tensor | None = None,
            negative_lengths: Tensor | None = None, guidance_scale: float | Sequence[float] = 5.0, steps: int = 50,
            generator: torch.Generator | None = None, progress: bool = True, return_windows: bool = False,
-           model_kwargs: Mapping[str, Any] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
+           model_kwargs: Mapping[str, Any] | None = None, clean_anchors: bool = False
+           ) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Extend a video to ``frames`` frames, window after window, each anchored on the previous one's last frames.
 
     Each new window of ``window`` frames is sampled with its first ``overlap_k`` frames anchored
@@ -153,7 +166,7 @@ def extend(model: Any, scheduler: Any, video_latents: Tensor, context: Tensor, f
 
     Args:
         model, scheduler, context, context_lengths, negative_context, negative_lengths, guidance_scale, steps,
-            generator, model_kwargs: as in :func:`sample`, used for every window.
+            generator, model_kwargs, clean_anchors: as in :func:`sample`, used for every window.
         video_latents: the video so far [B, C, T0, H, W] with T0 >= overlap_k.
         frames: the requested length, >= T0.
         window: frames per sampled window (the model's trained length).
@@ -190,7 +203,7 @@ def extend(model: Any, scheduler: Any, video_latents: Tensor, context: Tensor, f
         anchors = {i: tail[:, :, i] for i in range(overlap_k)}
         win = sample(model, scheduler, (b, c, window, h, w), context, context_lengths, negative_context,
                      negative_lengths, guidance_scale=guidance_scale, steps=steps, generator=generator,
-                     keyframes=anchors, progress=False, model_kwargs=model_kwargs)
+                     keyframes=anchors, progress=False, model_kwargs=model_kwargs, clean_anchors=clean_anchors)
         windows.append(win)
         need = frames - video.shape[2]
         video = torch.cat([video, win[:, :, overlap_k:overlap_k + need]], dim=2)  # (B, C, T', H, W)

@@ -276,8 +276,10 @@ class WanDiT(SequenceParallelModel, nn.Module):
 
         Args:
             x: ``[B, C, F, H, W]`` latents; cast to the parameters' dtype.
-            timestep: ``[B]`` timesteps in ``[0, 1000]`` (or a scalar), or per-token ``[B, L]`` (Wan 2.2 TI2V),
-                ``L`` the number of patches in raster order.
+            timestep: ``[B]`` timesteps in ``[0, 1000]`` (or a scalar); per latent frame ``[B, F]`` (diffusion
+                forcing: e.g. clean context frames at 0; each temporal patch takes its first frame's timestep);
+                or per token ``[B, L]`` (Wan 2.2 TI2V), ``L`` the number of patches in raster order. When
+                ``F == L`` the timestep is read per frame.
             context: ``[B, S, text_dim]`` text embeddings, padded (Wan pads with zeros to 512 tokens).
             context_lengths: int ``[B]``, valid text tokens of each sample (right padding); 0 is allowed (the
                 cross-attention then contributes exactly 0). Ignored when ``config.mask_text_padding`` is False.
@@ -300,7 +302,15 @@ class WanDiT(SequenceParallelModel, nn.Module):
         if not cfg.mask_text_padding:
             context_lengths = context_mask = None
         pooled = self.pool_text(context, context_lengths, context_mask) if cfg.pooled_text else None
-        emb, e6 = self.embed_time(torch.as_tensor(timestep, device=tokens.device), bsz, n, pooled)
+        timestep = torch.as_tensor(timestep, device=tokens.device)
+        if timestep.dim() == 2 and timestep.shape[0] == bsz and timestep.shape[1] == x.shape[2]:
+            # per frame: one embedding per temporal patch, shared by its H' W' tokens
+            per_frame = timestep[:, :: cfg.patch_size[0]]  # (B, F')
+            emb, e6 = self.embed_time(per_frame, bsz, grid[0], pooled)  # (B, F', E), (B, F', 6, E)
+            emb = emb.repeat_interleave(grid[1] * grid[2], dim=1)  # (B, L, E)
+            e6 = e6.repeat_interleave(grid[1] * grid[2], dim=1)  # (B, L, 6, E)
+        else:
+            emb, e6 = self.embed_time(timestep, bsz, n, pooled)
         text = self.text_embedding(context.to(tokens.dtype))  # (B, S, E)
         lay = self.layout(grid, tokens.device)
         if lay.tile is not None:

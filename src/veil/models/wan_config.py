@@ -6,6 +6,7 @@ Legend: T H W the patch grid (latent frames / rows / columns divided by the patc
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -143,7 +144,15 @@ def _as_pattern(value: object, where: str) -> AttentionPattern:
             raise ValueError(f"{where}: a string pattern must be one of {_UNSTRUCTURED} (window_3d and tile_window "
                              f"need an AttentionPattern with their window), got {value!r}")
         return AttentionPattern(kind=value)  # type: ignore[arg-type]
-    raise TypeError(f"{where}: expected an AttentionPattern or a pattern name, got {type(value).__name__}")
+    if isinstance(value, Mapping):  # a pattern saved as JSON (checkpoint metadata, TOML)
+        fields = {f.name for f in dataclasses.fields(AttentionPattern)}
+        unknown = sorted(set(value) - fields)
+        if unknown:
+            raise ValueError(f"{where}: unknown AttentionPattern fields {unknown}; expected some of {sorted(fields)}")
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        return AttentionPattern(**kw)
+    raise TypeError(f"{where}: expected an AttentionPattern, a pattern name or a dict of its fields, got "
+                    f"{type(value).__name__}")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -58,7 +58,14 @@ class XPrediction(nn.Module):
     def forward(self, x: Tensor, timestep: Tensor, context: Tensor, context_lengths: Tensor | None = None,
                 **kwargs: Any) -> Tensor:
         x0 = self.model(x, timestep, context, context_lengths, **kwargs)[:, : x.shape[1]]
-        sigma = (timestep.to(x.dtype) / 1000).clamp(min=self.min_sigma).view(-1, *([1] * (x.dim() - 1)))
+        sigma = (torch.as_tensor(timestep, device=x.device).to(x.dtype) / 1000).clamp(min=self.min_sigma)
+        if sigma.dim() == 2 and sigma.shape[1] == x.shape[2]:  # per frame [B, F]
+            sigma = sigma[:, None, :, None, None]  # (B, 1, F, 1, 1)
+        elif sigma.dim() <= 1:
+            sigma = sigma.reshape(-1, *([1] * (x.dim() - 1)))  # (B or 1, 1, 1, 1, 1)
+        else:
+            raise ValueError(f"timestep: x0 prediction takes [B] or per-frame [B, F] = [{x.shape[0]}, {x.shape[2]}] "
+                             f"timesteps, got {list(sigma.shape)}")
         return (x - x0) / sigma  # (B, C, T, H, W)
 
 
@@ -110,6 +117,7 @@ class PipelineConfig:
         text_encoder: ``"minilm"`` (:class:`~veil.text.MiniLMEncoder`) or a Hugging Face model name.
         objective: ``"flow"`` (flow matching, ``shift``) or ``"ddpm"`` (epsilon).
         shift: flow-matching sigma shift.
+        sample_shift: the sampler's sigma shift (None: ``shift``); a smaller one spends more steps at low noise.
         scheduler: a :func:`~veil.diffusion.make_scheduler` name.
         guidance, steps: default guidance scale and sampler steps.
         overlap: frames each window of an extension is anchored on.
@@ -117,6 +125,9 @@ class PipelineConfig:
             :class:`XPrediction`; flow matching only).
         text_norm: standardise the text embeddings with statistics saved in the weights
             (:class:`ContextStandardize`).
+        clean_anchors: the model was trained for continuation (``FlowMatching.context_frames``): the frames an
+            extension window is anchored on are given to it clean, at timestep 0 (see :func:`veil.diffusion.sample`),
+            rather than noised to the current level.
         codec: ``{"kind": "pixel"}`` (the model works on pixels) or ``{"kind": "vae", "path": DIR}`` (a diffusers
             ``AutoencoderKL`` saved at ``DIR``, loaded offline; ``"scaling_factor"`` optional): the model works on
             its latents, ``size`` stays the pixel size and the sampled latents take the codec's
@@ -129,12 +140,14 @@ class PipelineConfig:
     text_encoder: str = "minilm"
     objective: str = "flow"
     shift: float = 1.0
+    sample_shift: float | None = None
     scheduler: str = "flow_euler"
     guidance: float = 4.0
     steps: int = 20
     overlap: int = 4
     prediction: str = "velocity"
     text_norm: bool = False
+    clean_anchors: bool = False
     codec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "pixel"})
 
     def build_codec(self) -> nn.Module:
@@ -295,7 +308,7 @@ class TextToVideo:
         return pipe
 
     def scheduler(self) -> Any:
-        return make_scheduler(self.config.scheduler, self.objective)
+        return make_scheduler(self.config.scheduler, self.objective, shift=self.config.sample_shift)
 
     def encode_prompts(self, prompts: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Token embeddings ``[B, S, Dt]`` (float32) and lengths of ``prompts``, ``(word:w)`` weighting applied.
@@ -368,7 +381,15 @@ class TextToVideo:
             ctx, lengths, neg_ctx, neg_len = ctx[:b], lengths[:b], ctx[b:], lengths[b:]
         else:
             ctx, lengths = self.encode_prompts(prompts)
+        asked = frames
         c, frames, h, w = self.codec.latent_shape(frames, cfg.size, cfg.size)  # a VAE's latents are smaller
+        pt = int(cfg.model.get("patch_size", (1, 2, 2))[0])
+        if frames % pt:
+            raise ValueError(f"frames: expected a length whose latent frames are a multiple of the model's temporal "
+                             f"patch ({pt}), got {asked} frames ({frames} latent frames)")
+        if extend_to is not None and extend_to > frames and cfg.clean_anchors and cfg.overlap % pt:
+            raise ValueError(f"overlap: clean anchors need whole temporal patches of {pt} frames, got "
+                             f"{cfg.overlap}")
         anchors = None
         if keyframes:
             anchors = {}
@@ -383,5 +404,5 @@ class TextToVideo:
         if extend_to is not None and extend_to > frames:
             latents = extend(self.model, self.scheduler(), latents, ctx, extend_to, frames, cfg.overlap,
                              context_lengths=lengths, negative_context=neg_ctx, negative_lengths=neg_len,
-                             progress=progress, **kw)
+                             progress=progress, clean_anchors=cfg.clean_anchors, **kw)
         return self.codec.decode(latents).float().clamp(-1, 1).cpu()

@@ -44,9 +44,16 @@ class T2VConfig:
 
     Attributes:
         dim, heads, layers, ffn_dim, freq_dim, patch: the WanDiT (pixel space, 3 channels).
-        frames, size, samples, world_seed, exclude, radius: the world (``samples`` distinct clips; ``exclude``
-            phrases name held-out combinations, e.g. "blue triangle"; ``radius`` the object radius range as
-            fractions of the frame).
+        attention: the WanDiT's attention pattern, one for every layer or one per layer (a name such as
+            "spatial" / "temporal" / "full", or a dict of :class:`~veil.models.wan_config.AttentionPattern` fields
+            such as ``{kind = "window_3d", window = [5, 4, 4]}``).
+        frames, size, samples, world_seed, exclude, radius, edges: the world (``samples`` distinct clips;
+            ``exclude`` phrases name held-out combinations, e.g. "blue triangle"; ``radius`` the object radius
+            range as fractions of the frame; ``edges`` "inside" or "wrap", see
+            :class:`~veil.data.CaptionedVideoWorld`).
+        context_frames: the share of clips trained for continuation (a clean prefix at timestep 0, see
+            :class:`~veil.diffusion.FlowMatching`); > 0 also makes extensions give the model their anchored
+            frames clean (``PipelineConfig.clean_anchors``).
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
         pooled_text: also condition every block on the mean text embedding (:class:`~veil.models.WanConfig`).
         text_norm: standardise the text embeddings per feature with the training captions' statistics (see
@@ -55,7 +62,8 @@ class T2VConfig:
             "uniform") and loss weighting ("none" or "sigma_sqr", see :class:`~veil.diffusion.FlowMatching`).
         prediction: "x0" (the network predicts the clean clip, see :class:`~veil.pipelines.t2v.XPrediction`) or
             "velocity".
-        scheduler, guidance, sample_steps, overlap: sampling defaults stored with the checkpoint.
+        scheduler, guidance, sample_steps, sample_shift, overlap: sampling defaults stored with the checkpoint
+            (``sample_shift`` 0: the training ``shift``).
         steps, batch_size, lr, warmup_steps, grad_clip, ema_decay, text_dropout, weight_decay, seed, log_every,
             checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`); ``threads``: torch
             CPU threads (0 = torch's default; 2 on an idle 2-core machine, where the preset steps 1.8x faster than
@@ -75,11 +83,14 @@ class T2VConfig:
     ffn_dim: int = 576
     freq_dim: int = 64
     patch: tuple[int, int, int] = (8, 4, 4)
+    attention: Any = "full"
     frames: int = 8
     size: int = 32
     samples: int = 8192
     radius: tuple[float, float] = (0.2, 0.25)
     world_seed: int = 0
+    edges: str = "inside"
+    context_frames: float = 0.0
     exclude: list[str] = dataclasses.field(default_factory=lambda: ["blue triangle", "green moving up"])
     text_encoder: str = "minilm"
     cache_dir: str = "~/.cache/veil/text"
@@ -92,6 +103,7 @@ class T2VConfig:
     scheduler: str = "flow_euler"
     guidance: float = 4.0
     sample_steps: int = 20
+    sample_shift: float = 0.0
     overlap: int = 4
     steps: int = 3500
     batch_size: int = 32
@@ -116,15 +128,18 @@ class T2VConfig:
         if isinstance(self.exclude, str):
             self.exclude = [self.exclude]
         self.exclude = list(self.exclude)
+        if isinstance(self.attention, list):
+            self.attention = tuple(self.attention)
 
     def pipeline(self) -> PipelineConfig:
         model = dict(in_channels=3, out_channels=3, patch_size=list(self.patch), dim=self.dim, heads=self.heads,
                      num_layers=self.layers, ffn_dim=self.ffn_dim, text_dim=_text_dim(self.text_encoder),
-                     freq_dim=self.freq_dim, pooled_text=self.pooled_text)
+                     freq_dim=self.freq_dim, pooled_text=self.pooled_text, attention=self.attention)
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
-                              objective="flow", shift=self.shift, scheduler=self.scheduler, guidance=self.guidance,
+                              objective="flow", shift=self.shift, sample_shift=self.sample_shift or None,
+                              scheduler=self.scheduler, guidance=self.guidance,
                               steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction,
-                              text_norm=self.text_norm)
+                              text_norm=self.text_norm, clean_anchors=self.context_frames > 0)
 
     def train_config(self, out_dir: str | None, resume: str | None, progress: bool = True) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
@@ -140,8 +155,12 @@ def _text_dim(name: str) -> int:
 
 
 PRESETS: dict[str, T2VConfig] = {
-    # the shipped default: 3500 steps of batch 32 on 2 CPU cores (see README for the measured time)
-    "tiny-t2v": T2VConfig(),
+    # the shipped default (docs/t2v.md): 16 frames of 32x32 in 2x8x8 patches, 8 token frames, Latte's spatial /
+    # temporal alternation, a wrap-around world for long motion, continuation training
+    "tiny-t2v": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, edges="wrap",
+                          context_frames=0.25, overlap=8, steps=2500),
+    # the previous default: 8 frames in 8x4x4 patches (one token frame), 3500 steps of batch 32 on 2 CPU cores
+    "tiny-t2v-8f": T2VConfig(),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
                            batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=2, sample_steps=2, threads=1),
@@ -153,7 +172,9 @@ def _parse_value(text: str, like: Any, key: str) -> Any:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # a bare word: a string
-    if isinstance(like, bool) or isinstance(like, str):
+    if key == "attention":  # a pattern name, a list of them, or a table of AttentionPattern fields
+        ok = isinstance(value, (str, list, dict))
+    elif isinstance(like, bool) or isinstance(like, str):
         ok = isinstance(value, type(like))
     elif isinstance(like, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
@@ -317,7 +338,7 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         videos, captions, _ = decode_folder(folder, log=log if main else _quiet)
     else:
         world = CaptionedVideoWorld(config.samples, frames=config.frames, size=config.size, seed=config.world_seed,
-                                    exclude=config.exclude or None, radius=config.radius)
+                                    exclude=config.exclude or None, radius=config.radius, edges=config.edges)
     if several and not main:
         torch.distributed.barrier()  # rank 0 fills the text-embedding cache first; the others then read it
     data = WorldEmbeddings(world, encoder) if world is not None else ClipEmbeddings(videos, captions, encoder)
@@ -341,7 +362,8 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         return model
 
     objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
-                             weighting=typing.cast(Any, config.loss_weight))
+                             weighting=typing.cast(Any, config.loss_weight), context_frames=config.context_frames,
+                             frame_patch=config.patch[0])
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
     # under torchrun with nccl each process trains on its own GPU (init() made it the current device)
     device = (torch.device("cuda", torch.cuda.current_device())
