@@ -123,3 +123,17 @@ def test_wrap_world_is_a_torus():
                                                                            b.rgb, b.background)
     with pytest.raises(ValueError, match="edges: expected one of"):
         CaptionedVideoWorld(4, edges="bounce")
+
+
+def test_wrap_world_cross_share_starts_the_rest_as_inside():
+    inside = CaptionedVideoWorld(200, frames=16, size=32, seed=4)
+    half = CaptionedVideoWorld(200, frames=16, size=32, seed=4, edges="wrap", cross=0.5)
+    none = CaptionedVideoWorld(200, frames=16, size=32, seed=4, edges="wrap", cross=0.0)
+    same = [half.spec(i).start == inside.spec(i).start for i in range(200)]
+    assert 0.35 < np.mean(same) < 0.65  # about half start as in the inside world, the others anywhere
+    assert all(none.spec(i).start == inside.spec(i).start for i in range(200))
+    # a "moving right" object of the inside world starts in the left part of the frame, on the torus anywhere
+    rights = [i for i in range(200) if inside.spec(i).motion == "right"]
+    assert max(inside.spec(i).start[0] for i in rights) < 26
+    with pytest.raises(ValueError, match="cross"):
+        CaptionedVideoWorld(4, edges="wrap", cross=1.5)

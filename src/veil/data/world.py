@@ -172,16 +172,20 @@ def render_many(specs: Iterable[VideoSpec]) -> torch.Tensor:
 
 
 def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
-                rng: np.random.Generator, radius: tuple[float, float] = RADIUS, edges: str = "inside") -> VideoSpec:
+                rng: np.random.Generator, radius: tuple[float, float] = RADIUS, edges: str = "inside",
+                cross: float = 1.0) -> VideoSpec:
     """Draw the continuous parameters of a video of the given triple from ``rng``.
 
     The radius is drawn from ``radius`` (fractions of the frame, default 14-20%) and a moving object travels 20-40%
     of the frame over the clip. With ``edges="inside"`` the whole trajectory stays inside the frame with a 1-pixel
-    margin; with ``edges="wrap"`` the start is anywhere on the torus (one uniform draw per axis either way, so
-    the two worlds differ in the start alone).
+    margin. With ``edges="wrap"``, a share ``cross`` of the clips start anywhere on the torus (they may cross an
+    edge) and the others start as in the inside world (decided by one last draw, so apart from the start a wrap
+    clip has the draws of the inside one).
     """
     _check_triple(colour, shape, motion)
     check_edges(edges)
+    if isinstance(cross, bool) or not isinstance(cross, (int, float)) or not 0.0 <= cross <= 1.0:
+        raise ValueError(f"cross: expected a share in [0, 1], got {cross!r}")
     lo_r, hi_r = check_radius(radius)
     S = float(size)
     radius_px = float(rng.uniform(lo_r, hi_r) * S)
@@ -189,21 +193,18 @@ def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
     speed = travel / max(frames - 1, 1)
     lo, hi = _MARGIN + radius_px, S - _MARGIN - radius_px  # allowed range of the box centre
     dx, dy = _DIRECTIONS[motion]
+    u = (float(rng.uniform()), float(rng.uniform()))  # one draw per axis, mapped below
 
-    def along(d: float) -> float:  # start coordinate on one axis so that start + d * travel stays in [lo, hi]
-        if d > 0:
-            return float(rng.uniform(lo, hi - travel))
-        if d < 0:
-            return float(rng.uniform(lo + travel, hi))
-        return float(rng.uniform(lo, hi))
+    def along(d: float, v: float) -> float:  # start coordinate on one axis so that start + d * travel is in [lo, hi]
+        a, b = (lo, hi - travel) if d > 0 else (lo + travel, hi) if d < 0 else (lo, hi)
+        return a + (b - a) * v
 
-    if edges == "wrap":  # anywhere on the torus
-        start = (float(rng.uniform(0.0, S)), float(rng.uniform(0.0, S)))
-    else:
-        start = (along(dx), along(dy))
+    start = (along(dx, u[0]), along(dy, u[1]))
     rgb = tuple(float(np.clip(c + rng.uniform(-0.05, 0.05), 0.0, 1.0)) for c in COLOURS[colour])
     background = tuple(float(c) for c in rng.uniform(0.0, 0.22, size=3))
     gradient = (float(rng.uniform(0.0, 0.08)), float(rng.uniform(0.0, 2 * np.pi)))
+    if edges == "wrap" and float(rng.uniform()) < cross:  # anywhere on the torus
+        start = (u[0] * S, u[1] * S)
     return VideoSpec(colour=colour, shape=shape, motion=motion, rgb=rgb, radius=radius_px, start=start, speed=speed,
                      background=background, gradient=gradient, frames=frames, size=size, edges=edges)
 
@@ -235,6 +236,9 @@ class CaptionedVideoWorld(Dataset):
         radius: the object radius range (lo, hi) as fractions of the frame size, ``0 < lo <= hi <= 0.25``.
         edges: "inside" (every trajectory stays in the frame) or "wrap" (a torus: objects leave one edge and
             re-enter at the opposite one, so motion continued for any length stays true to the caption).
+        cross: with ``edges="wrap"``, the share of clips that start anywhere on the torus (and may cross an edge);
+            the others start as in the inside world, where the start depends on the direction (a "moving right"
+            object starts on the left), which a model can read from the layout alone.
 
     Raises:
         TypeError / ValueError: a bad argument, an unknown word in ``exclude``, or an ``exclude`` that removes
@@ -243,7 +247,7 @@ class CaptionedVideoWorld(Dataset):
 
     def __init__(self, num_samples: int, frames: int = 16, size: int = 32, seed: int = 0,
                  exclude: Iterable[str | Pattern] | str | None = None, radius: tuple[float, float] = RADIUS,
-                 edges: str = "inside"):
+                 edges: str = "inside", cross: float = 1.0):
         self.num_samples = _check_int("num_samples", num_samples, 1)
         self.frames = _check_int("frames", frames, MIN_FRAMES, MAX_FRAMES)
         self.size = _check_int("size", size, 1)
@@ -253,6 +257,9 @@ class CaptionedVideoWorld(Dataset):
         self.seen, self.held_out = split_combinations(exclude)
         self.radius = check_radius(radius)
         self.edges = check_edges(edges)
+        if isinstance(cross, bool) or not isinstance(cross, (int, float)) or not 0.0 <= cross <= 1.0:
+            raise ValueError(f"cross: expected a share in [0, 1], got {cross!r}")
+        self.cross = float(cross)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -266,7 +273,7 @@ class CaptionedVideoWorld(Dataset):
         rng = self._rng(index)
         colour, shape, motion = self.seen[int(rng.integers(len(self.seen)))]
         return sample_spec(colour, shape, motion, frames=self.frames, size=self.size, rng=rng, radius=self.radius,
-                           edges=self.edges)
+                           edges=self.edges, cross=self.cross)
 
     def caption(self, index: int) -> str:
         """The caption of sample ``index``."""

@@ -110,12 +110,12 @@ def window_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], window
 
 def extension_ceiling(truths: Sequence[tuple[str, str, str]], frames: int, size: int, factor: int, *,
                       samples: int = 8, seed: int = 0, edges: str = "inside",
-                      radius: tuple[float, float] = RADIUS) -> dict[str, Any]:
+                      radius: tuple[float, float] = RADIUS, cross: float = 1.0) -> dict[str, Any]:
     """What a perfect model scores on the extension check: the world's own motion, continued.
 
-    For each triple, ``samples`` clips are drawn as the world draws them for ``frames`` frames (with ``edges`` and
-    ``radius``), then rendered for ``factor * frames`` frames at the same speed and direction, and scored with
-    :func:`window_scores`. A moving object travels 20-40% of the frame per trained length: with
+    For each triple, ``samples`` clips are drawn as the world draws them for ``frames`` frames (with ``edges``,
+    ``radius`` and ``cross``), then rendered for ``factor * frames`` frames at the same speed and direction, and
+    scored with :func:`window_scores`. A moving object travels 20-40% of the frame per trained length: with
     ``edges="inside"`` it leaves the frame within a few windows, so the ceiling is below 100% by the world's
     geometry; with ``edges="wrap"`` it re-enters at the opposite edge and the motion stays true.
 
@@ -126,7 +126,7 @@ def extension_ceiling(truths: Sequence[tuple[str, str, str]], frames: int, size:
     specs, clip_truths = [], []
     for truth in truths:
         for _ in range(samples):
-            spec = sample_spec(*truth, frames=frames, size=size, rng=rng, edges=edges, radius=radius)
+            spec = sample_spec(*truth, frames=frames, size=size, rng=rng, edges=edges, radius=radius, cross=cross)
             specs.append(dataclasses.replace(spec, frames=factor * frames))
             clip_truths.append(truth)
     return window_scores(render_many(specs), clip_truths, frames, wrap=edges == "wrap")
@@ -209,6 +209,7 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
     edges = check_edges(edges if edges is not None else trained.get("edges", "inside"))
     wrap = edges == "wrap"
     radius = tuple(trained.get("radius", RADIUS))
+    cross = float(trained.get("cross", 1.0))
     if prompts is None:
         defaults = default_prompts(exclude)
         prompts = defaults["seen"]
@@ -242,7 +243,7 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
         report["extension"] = {"factor": extend_factor, "prompts": chosen,
                                **window_scores(long_videos, truths, frames, wrap=wrap),
                                "ceiling": extension_ceiling(truths, frames, pipeline.config.size, extend_factor,
-                                                            seed=seed, edges=edges, radius=radius)}
+                                                            seed=seed, edges=edges, radius=radius, cross=cross)}
     report["seconds"] = round(time.perf_counter() - t0, 1)
     if out_dir is not None:
         out = Path(out_dir)

@@ -47,10 +47,10 @@ class T2VConfig:
         attention: the WanDiT's attention pattern, one for every layer or one per layer (a name such as
             "spatial" / "temporal" / "full", or a dict of :class:`~veil.models.wan_config.AttentionPattern` fields
             such as ``{kind = "window_3d", window = [5, 4, 4]}``).
-        frames, size, samples, world_seed, exclude, radius, edges: the world (``samples`` distinct clips;
+        frames, size, samples, world_seed, exclude, radius, edges, cross: the world (``samples`` distinct clips;
             ``exclude`` phrases name held-out combinations, e.g. "blue triangle"; ``radius`` the object radius
-            range as fractions of the frame; ``edges`` "inside" or "wrap", see
-            :class:`~veil.data.CaptionedVideoWorld`).
+            range as fractions of the frame; ``edges`` "inside" or "wrap" and ``cross`` the share of wrap clips
+            that start anywhere on the torus, see :class:`~veil.data.CaptionedVideoWorld`).
         context_frames: the share of clips trained for continuation (a clean prefix at timestep 0, see
             :class:`~veil.diffusion.FlowMatching`); > 0 also makes extensions give the model their anchored
             frames clean (``PipelineConfig.clean_anchors``).
@@ -90,6 +90,7 @@ class T2VConfig:
     radius: tuple[float, float] = (0.2, 0.25)
     world_seed: int = 0
     edges: str = "inside"
+    cross: float = 1.0
     context_frames: float = 0.0
     exclude: list[str] = dataclasses.field(default_factory=lambda: ["blue triangle", "green moving up"])
     text_encoder: str = "minilm"
@@ -157,8 +158,8 @@ def _text_dim(name: str) -> int:
 PRESETS: dict[str, T2VConfig] = {
     # the shipped default (docs/t2v.md): 16 frames of 32x32 in 2x8x8 patches, 8 token frames, Latte's spatial /
     # temporal alternation, a wrap-around world for long motion, continuation training
-    "tiny-t2v": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, edges="wrap",
-                          context_frames=0.25, overlap=8, steps=2500),
+    "tiny-t2v": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, edges="wrap", cross=0.5,
+                          context_frames=0.25, overlap=8, steps=2400),
     # the previous default: 8 frames in 8x4x4 patches (one token frame), 3500 steps of batch 32 on 2 CPU cores
     "tiny-t2v-8f": T2VConfig(),
     # tests and smoke runs: a few seconds
@@ -338,7 +339,8 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         videos, captions, _ = decode_folder(folder, log=log if main else _quiet)
     else:
         world = CaptionedVideoWorld(config.samples, frames=config.frames, size=config.size, seed=config.world_seed,
-                                    exclude=config.exclude or None, radius=config.radius, edges=config.edges)
+                                    exclude=config.exclude or None, radius=config.radius, edges=config.edges,
+                                    cross=config.cross)
     if several and not main:
         torch.distributed.barrier()  # rank 0 fills the text-embedding cache first; the others then read it
     data = WorldEmbeddings(world, encoder) if world is not None else ClipEmbeddings(videos, captions, encoder)
