@@ -95,6 +95,9 @@ def test_compiled_decoding_compiles_two_graphs_and_equals_eager():
     other = torch.randint(0, 128, (2, 12))
     again = model.generate(other, mask, max_new_tokens=40)  # new prompt, fewer tokens: the same graphs
     assert _graphs() == 2
+    # steps after the first run with only the guards that tell cached graphs apart (DecoderLM.warm_stance):
+    # the tokens above and these equal eager's
+    assert torch.equal(model.generate(prompts, mask, max_new_tokens=30), want[:, :42])
     model._compiled_call_impl = None  # back to eager for the oracle
     assert torch.equal(again, model.generate(other, mask, max_new_tokens=40))
     torch.testing.assert_close(model(prompts, mask), eager_logits)

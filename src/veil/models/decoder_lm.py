@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
@@ -581,6 +582,7 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         if generator is None and seed is not None:
             generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         bsz, n = input_ids.shape
+        compiled = getattr(self, "_compiled_call_impl", None) is not None
         cache = self._generation_cache(bsz, n + max_new_tokens)
         logits = self.prefill(input_ids, attention_mask, cache, in_attn_cond)
         done = torch.zeros(bsz, dtype=torch.bool, device=input_ids.device)
@@ -595,5 +597,16 @@ class DecoderLM(SequenceParallelModel, nn.Module):
                 if bool(done.all()):
                     break
             if step + 1 < max_new_tokens:
-                logits = self.decode_step(tok, cache, in_attn_cond)
+                with self.warm_stance(compiled and step > 0):
+                    logits = self.decode_step(tok, cache, in_attn_cond)
         return torch.cat(out, dim=1)
+
+    @staticmethod
+    def warm_stance(warm: bool = True):
+        """For a compiled model's decoding steps after the first: evaluate only the guards that tell its cached
+        graphs apart (``torch.compiler.set_stance(skip_guard_eval_unsafe=True)``).
+
+        Every step has the shapes, dtypes, cache object and module state of the first one, which ran (and
+        compiled if needed) under the default stance, so its graph's guards pass at each later step; evaluating
+        them all is ~9% of a step at 8k context. A new batch size or cache recompiles at that first step."""
+        return torch.compiler.set_stance("default", skip_guard_eval_unsafe=True) if warm else nullcontext()
