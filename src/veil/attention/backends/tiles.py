@@ -466,36 +466,38 @@ def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int
 
 
 def _fold_spatial(m: Spatial, x: Tensor) -> tuple[Tensor, object]:
-    t, hw = m.grid[0], m.grid[1] * m.grid[2]
-    return x.unflatten(1, (t, hw)).transpose(0, 1), lambda o: o.transpose(0, 1).flatten(1, 2)  # (T, H, HW, D)
+    b, t, hw = x.shape[0], m.grid[0], m.grid[1] * m.grid[2]
+    folded = x.unflatten(2, (t, hw)).transpose(1, 2).flatten(0, 1)  # (B T, H, HW, D)
+    return folded, lambda o: o.unflatten(0, (b, t)).transpose(1, 2).flatten(2, 3)  # (B, H, Q, Dv)
 
 
 def _fold_temporal(m: Temporal, x: Tensor) -> tuple[Tensor, object]:
-    t, hw = m.grid[0], m.grid[1] * m.grid[2]
-    return x.unflatten(1, (t, hw)).permute(2, 0, 1, 3), lambda o: o.permute(1, 2, 0, 3).flatten(1, 2)  # (HW, H, T, D)
+    b, t, hw = x.shape[0], m.grid[0], m.grid[1] * m.grid[2]
+    folded = x.unflatten(2, (t, hw)).permute(0, 3, 1, 2, 4).flatten(0, 1)  # (B HW, H, T, D)
+    return folded, lambda o: o.unflatten(0, (b, hw)).permute(0, 2, 3, 1, 4).flatten(2, 3)  # (B, H, Q, Dv)
 
 
 def _fold_chunked(m: Chunked, x: Tensor) -> tuple[Tensor, object]:
-    return x.unflatten(1, (-1, m.size)).transpose(0, 1), lambda o: o.transpose(0, 1).flatten(1, 2)  # (n, H, size, D)
+    b = x.shape[0]
+    folded = x.unflatten(2, (-1, m.size)).transpose(1, 2).flatten(0, 1)  # (B n, H, size, D)
+    return folded, lambda o: o.unflatten(0, (b, -1)).transpose(1, 2).flatten(2, 3)  # (B, H, Q, Dv)
 
 
-# Masks whose blocks are regular strided views of the sequence: no gather, no mask, one SDPA call per sample.
+# Masks whose blocks are regular strided views of the sequence: no gather, no mask, one SDPA call for the batch.
 _FOLDS = {Spatial: _fold_spatial, Temporal: _fold_temporal, Chunked: _fold_chunked}
 
 
 def _fold_attention(q, k, v, mask, fold, scale, softcap):
-    """Attention inside blocks that are strided views (frames, positions across frames, chunks)."""
-    outs = []
-    for bi in range(q.shape[0]):
-        qb, unfold = fold(mask, q[bi])  # (nb, H, bq, D)
-        kb, _ = fold(mask, k[bi])
-        vb, _ = fold(mask, v[bi])
-        if softcap is not None:
-            ob = math_attention(qb, kb, vb, None, scale, softcap)
-        else:
-            ob = sdpa_attention(qb, kb, vb, None, scale)
-        outs.append(unfold(ob))  # (H, Q, Dv)
-    return torch.stack(outs, dim=0)
+    """Attention inside blocks that are strided views (frames, positions across frames, chunks): the blocks of
+    every sample become the batch of one call."""
+    qb, unfold = fold(mask, q)  # (B nb, H, bq, D)
+    kb, _ = fold(mask, k)
+    vb, _ = fold(mask, v)
+    if softcap is not None:
+        ob = math_attention(qb, kb, vb, None, scale, softcap)
+    else:
+        ob = sdpa_attention(qb, kb, vb, None, scale)
+    return unfold(ob)  # (B, H, Q, Dv)
 
 
 def head_groups(mask: Mask | None) -> list[tuple[Mask, list[int]]] | None:
