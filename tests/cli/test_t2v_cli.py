@@ -99,6 +99,31 @@ def test_train_for_continuation_on_the_wrap_world_then_generate_and_eval(capsys,
     assert report["extension"]["ceiling"]["all"] >= 0.95 and set(report["fidelity"]) == {"generated", "rendered"}
 
 
+def test_train_on_vae_latents_then_generate_pixels(capsys, tmp_path):
+    # a tiny random diffusers AutoencoderKL saved locally (4 latent channels, factor 2): the world's 32x32 clips
+    # are encoded once, the model trains on [.., 4, 8, 16, 16] latents, and generate decodes 32x32 frames
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8),
+                  down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+                  layers_per_block=1, norm_num_groups=4, sample_size=32).save_pretrained(tmp_path / "vae")
+    out, cache = tmp_path / "run", f"cache_dir={tmp_path / 'cache'}"
+    assert main(["train", "--preset", "micro-t2v", "--out", str(out), "--no-progress", cache, "steps=2",
+                 f"vae={tmp_path / 'vae'}"]) == 0
+    assert "clips encoded to latents [4, 8, 16, 16]" in capsys.readouterr().out
+    ckpt = str(out / "model.safetensors")
+    pipe = TextToVideo.from_checkpoint(ckpt)
+    assert pipe.config.codec["kind"] == "vae" and pipe.config.model["in_channels"] == 4
+    assert main(["generate", "a red circle moving right", "-o", str(tmp_path / "a.gif"), "--checkpoint", ckpt,
+                 "--steps", "1"]) == 0
+    assert "8 frames of 32x32" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--preset", "micro-t2v", "--out", str(tmp_path / "r2"), "--no-progress", cache,
+              f"vae={tmp_path / 'missing'}"])
+    assert exit_info.value.code == 2 and "vae: expected a directory" in capsys.readouterr().err
+
+
 def test_shipped_checkpoint_follows_its_prompts():
     """Pins the shipped model's prompt-following on the demo's 8 prompts (2 held out of its training) and seed:
     the analyzer recovers colour, shape and motion of every clip (100% when pinned). A regression fails here."""

@@ -11,6 +11,7 @@ cache (:class:`~veil.text.CachedTextEncoder`), before training starts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
 import typing
@@ -75,6 +76,10 @@ class T2VConfig:
             ``.txt`` beside each clip); every clip is decoded once, sampled to ``frames`` frames spread over it and
             scaled / centre-cropped to ``size``; clips that cannot be read, are shorter than ``frames`` or lack a
             caption are skipped with the reason logged. Empty: the world.
+        vae: a diffusers ``AutoencoderKL`` saved locally (a directory, loaded offline): the clips are encoded once
+            before training and the model learns and samples its latents (``PipelineConfig.codec``; ``patch``
+            then divides the latent grid, e.g. 16x16 latents of 32x32 frames for a VAE with factor 2). Empty:
+            pixels.
     """
 
     dim: int = 192
@@ -122,6 +127,7 @@ class T2VConfig:
     sp: int = 1
     sp_layout: str = "contiguous"
     data: str = ""
+    vae: str = ""
 
     def __post_init__(self) -> None:
         self.patch = tuple(self.patch)  # type: ignore[assignment]
@@ -132,15 +138,29 @@ class T2VConfig:
         if isinstance(self.attention, list):
             self.attention = tuple(self.attention)
 
+    def latent_channels(self) -> int:
+        """3 on pixels; the VAE's ``latent_channels`` (from its saved ``config.json``) with ``vae``."""
+        if not self.vae:
+            return 3
+        path = Path(self.vae).expanduser() / "config.json"
+        try:
+            return int(json.loads(path.read_text())["latent_channels"])
+        except (OSError, KeyError, ValueError) as e:
+            raise ValueError(f"vae: expected a directory holding a diffusers AutoencoderKL (config.json with "
+                             f"latent_channels), got {self.vae!r} ({e})") from e
+
     def pipeline(self) -> PipelineConfig:
-        model = dict(in_channels=3, out_channels=3, patch_size=list(self.patch), dim=self.dim, heads=self.heads,
-                     num_layers=self.layers, ffn_dim=self.ffn_dim, text_dim=_text_dim(self.text_encoder),
-                     freq_dim=self.freq_dim, pooled_text=self.pooled_text, attention=self.attention)
+        channels = self.latent_channels()
+        codec = {"kind": "vae", "path": str(Path(self.vae).expanduser())} if self.vae else {"kind": "pixel"}
+        model = dict(in_channels=channels, out_channels=channels, patch_size=list(self.patch), dim=self.dim,
+                     heads=self.heads, num_layers=self.layers, ffn_dim=self.ffn_dim,
+                     text_dim=_text_dim(self.text_encoder), freq_dim=self.freq_dim, pooled_text=self.pooled_text,
+                     attention=self.attention)
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
                               objective="flow", shift=self.shift, sample_shift=self.sample_shift or None,
                               scheduler=self.scheduler, guidance=self.guidance,
                               steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction,
-                              text_norm=self.text_norm, clean_anchors=self.context_frames > 0)
+                              text_norm=self.text_norm, clean_anchors=self.context_frames > 0, codec=codec)
 
     def train_config(self, out_dir: str | None, resume: str | None, progress: bool = True) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
@@ -356,6 +376,9 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         log(f"data: {len(data)} clips from {config.data} ({config.frames} frames of {config.size}x{config.size}), "
             f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
     pipeline = config.pipeline()
+    if config.vae:  # the clips become the VAE's latents once, before training
+        data.videos = _encode_clips(pipeline.build_codec(), data.videos)
+        log(f"vae: {len(data)} clips encoded to latents {list(data.videos.shape[1:])}")
 
     def build() -> torch.nn.Module:  # called by the trainer once the run's seed is set: seeded initial weights
         model = pipeline.build_model()
@@ -386,6 +409,13 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
                              {"pipeline": pipeline.to_dict(), "run": run_info, "held_out": held_out})
     log(f"trained {trainer.step - start} steps in {seconds:.0f} s; wrote {path}")
     return path
+
+
+@torch.no_grad()
+def _encode_clips(codec: torch.nn.Module, videos: Tensor, chunk: int = 64) -> Tensor:
+    """Pixel clips ``[N, 3, T, H, W]`` in [-1, 1] -> the codec's latents ``[N, C, T', h, w]`` (float32, CPU)."""
+    codec.eval()
+    return torch.cat([codec.encode(videos[i:i + chunk]).float().cpu() for i in range(0, videos.shape[0], chunk)])
 
 
 def _quiet(*args: Any, **kwargs: Any) -> None:
