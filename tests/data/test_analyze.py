@@ -92,6 +92,6 @@ def test_wrap_world_is_read_across_the_edges(degrade):
                                                                                    spec.motion)
             total += 1
     assert crossed >= 20 and right / total >= 0.97, f"{right}/{total}, {crossed} crossed"
-    # without wrap the analyzer misreads windows with an object split across an edge
+    # an object split across the right edge from the first frame on is read as one, moving right
     spec = dataclasses.replace(world.spec(0), motion="right", start=(28.0, 16.0), speed=1.0)
     assert analyze(render(spec), wrap=True).motion == "right"

@@ -32,17 +32,21 @@ __all__ = ["fidelity"]
 _SIDE = math.sin(math.atan(2.0))  # the triangle's sides: a row crosses them 1 / _SIDE times wider than their normal
 
 
-def _plane_fit(pix: torch.Tensor, keep: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _design(h: int, w: int) -> torch.Tensor:
+    """The plane's design matrix ``[1, x / W, y / H]`` over a frame's pixels: [H * W, 3] float64."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    return torch.stack([torch.ones(h * w, dtype=torch.float64), xs.flatten() / w, ys.flatten() / h], 1)
+
+
+def _plane_fit(pix: torch.Tensor, keep: torch.Tensor, design: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit ``a + b x + c y`` per channel to the kept pixels of one frame.
 
     Args:
-        pix: [H * W, 3]; keep: bool [H * W].
+        pix: [H * W, 3]; keep: bool [H * W]; design: :func:`_design` of the frame.
 
     Returns:
         (the plane over the whole frame [H * W, 3], mean absolute residual of the kept pixels).
     """
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    design = torch.stack([torch.ones(h * w, dtype=torch.float64), xs.flatten() / w, ys.flatten() / h], 1)  # (HW, 3)
     a, b = design[keep], pix[keep].double()
     coef = torch.linalg.lstsq(a, b).solution  # (3, 3)
     plane = (design @ coef).float()
@@ -97,12 +101,13 @@ def fidelity(video: torch.Tensor, shape: str | None = None, *, wrap: bool = Fals
     present = mask.flatten(1).sum(1) >= 3  # (T,)
     near = _dilate(mask, 2)  # the object and its edge band, excluded from the background fit
     planes, residuals = [], []
+    design = _design(h, w)
     for i in range(t):
         pix = x[:, i].permute(1, 2, 0).reshape(h * w, 3)
         keep = ~near[i].flatten()
         if int(keep.sum()) < 16:
             keep = torch.ones_like(keep)
-        plane, res = _plane_fit(pix, keep, h, w)
+        plane, res = _plane_fit(pix, keep, design)
         planes.append(plane.reshape(h, w, 3).permute(2, 0, 1))
         residuals.append(float(res))
     out: dict[str, float | None] = {"background": float(torch.tensor(residuals).median()), "fill": None,

@@ -137,6 +137,17 @@ def check_edges(edges: object) -> str:
     return str(edges)
 
 
+def check_cross(cross: object) -> float:
+    """``cross`` (the share of wrap clips that start anywhere on the torus) as a float in [0, 1].
+
+    Raises:
+        ValueError: not a number in [0, 1].
+    """
+    if isinstance(cross, bool) or not isinstance(cross, (int, float)) or not 0.0 <= cross <= 1.0:
+        raise ValueError(f"cross: expected a share in [0, 1], got {cross!r}")
+    return float(cross)
+
+
 RADIUS = (0.14, 0.2)  # the default object radius range, as fractions of the frame size
 MAX_RADIUS = 0.25  # the largest radius fraction whose longest trajectory still fits in a 32-pixel frame
 
@@ -184,8 +195,7 @@ def sample_spec(colour: str, shape: str, motion: str, *, frames: int, size: int,
     """
     _check_triple(colour, shape, motion)
     check_edges(edges)
-    if isinstance(cross, bool) or not isinstance(cross, (int, float)) or not 0.0 <= cross <= 1.0:
-        raise ValueError(f"cross: expected a share in [0, 1], got {cross!r}")
+    check_cross(cross)
     lo_r, hi_r = check_radius(radius)
     S = float(size)
     radius_px = float(rng.uniform(lo_r, hi_r) * S)
@@ -257,9 +267,7 @@ class CaptionedVideoWorld(Dataset):
         self.seen, self.held_out = split_combinations(exclude)
         self.radius = check_radius(radius)
         self.edges = check_edges(edges)
-        if isinstance(cross, bool) or not isinstance(cross, (int, float)) or not 0.0 <= cross <= 1.0:
-            raise ValueError(f"cross: expected a share in [0, 1], got {cross!r}")
-        self.cross = float(cross)
+        self.cross = check_cross(cross)
 
     def __len__(self) -> int:
         return self.num_samples
