@@ -1,5 +1,7 @@
 """Positions against HF Gemma 3's rotary embedding, diffusers' Wan 3D RoPE and diffusers' sin-cos tables."""
 
+import math
+
 import pytest
 import torch
 from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid, get_2d_sincos_pos_embed
@@ -7,7 +9,7 @@ from diffusers.models.transformers.transformer_wan import WanRotaryPosEmbed
 from transformers import Gemma3TextConfig
 from transformers.models.gemma3.modeling_gemma3 import Gemma3RotaryEmbedding, apply_rotary_pos_emb
 
-from veil.layers import Rope3D, RotaryEmbedding, sincos_1d, sincos_2d, wan_rope_split
+from veil.layers import Rope3D, RotaryEmbedding, sincos_1d, sincos_2d, sincos_3d, wan_rope_split
 
 
 def _hf_rope(head_dim, base, positions, dtype):
@@ -124,3 +126,22 @@ def test_bad_input():
         Rope3D(24)((2, 3))
     with pytest.raises(ValueError, match="x: expected"):
         RotaryEmbedding(8)(torch.arange(3)).apply(torch.randn(1, 1, 4, 8))
+
+
+def test_sincos_3d_is_the_literal_table_of_frame_row_and_column():
+    # dim 12 splits (4, 4, 4); each part is [sin(p), sin(p / 100), cos(p), cos(p / 100)] (omega = 10000^(-i/2))
+    table = sincos_3d(12, (2, 3, 4))
+    assert table.shape == (24, 12)
+
+    def part(p):
+        return [math.sin(p), math.sin(p / 100), math.cos(p), math.cos(p / 100)]
+    for t in range(2):
+        for h in range(3):
+            for w in range(4):
+                want = torch.tensor(part(t) + part(h) + part(w))
+                torch.testing.assert_close(table[(t * 3 + h) * 4 + w], want, rtol=0, atol=1e-6)
+    for dim in (15, 4):  # splits (7, 4, 4) and (4, 0, 0)
+        with pytest.raises(ValueError, match="dim"):
+            sincos_3d(dim, (2, 3, 4))
+    with pytest.raises(ValueError, match="grid"):
+        sincos_3d(12, (2, 3))

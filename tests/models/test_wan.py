@@ -396,3 +396,26 @@ def test_pooled_text_adds_the_mean_valid_token_to_the_time_embedding():
         zero = pooled.pool_text(context, torch.tensor([0, 3]), None)[0]
         gelu = torch.nn.functional.gelu
         torch.testing.assert_close(zero, proj.linear_2(gelu(proj.linear_1.bias, approximate="tanh")))
+
+
+def test_abs_pos_adds_the_3d_sincos_table_to_the_patch_tokens():
+    ours = WanDiT.from_diffusers(_diffusers())
+    cfg = dataclasses.replace(ours.config, abs_pos=True)
+    absolute = WanDiT(cfg)
+    absolute.load_state_dict(ours.state_dict())  # no parameters of its own
+    x, t, context, lengths = _inputs()
+    grid = (x.shape[2] // cfg.patch_size[0], x.shape[3] // cfg.patch_size[1], x.shape[4] // cfg.patch_size[2])
+    table = veil.layers.sincos_3d(cfg.dim, grid)  # (T H W, E) raster order
+
+    def add_table(module, args, out):  # the oracle: the table added to the patch embedding's output (B, E, T, H, W)
+        return out + table.T.reshape(1, cfg.dim, *grid)
+    handle = ours.patch_embedding.register_forward_hook(add_table)
+    with torch.no_grad():
+        want = ours(x, t, context, lengths)
+        handle.remove()
+        got = absolute(x, t, context, lengths)
+        plain = ours(x, t, context, lengths)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="abs_pos"):
+        WanConfig(dim=4, heads=1, abs_pos=True)  # split (4, 0, 0)

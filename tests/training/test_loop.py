@@ -117,6 +117,17 @@ def test_warmup_clipping_and_logged_grad_norm():
     assert clipped.item() == pytest.approx(1e-3, rel=1e-4)  # the gradients used were clipped
 
 
+def test_cosine_schedule_decays_from_lr_to_min_lr_after_the_warmup():
+    t = Trainer(_model(), FlowMatching(), _dataset(), _config(lr=1e-3, warmup_steps=2, steps=7, lr_schedule="cosine",
+                                                              min_lr=1e-4))
+    # warm-up 5e-4, 1e-3; then p = 0, 1/4, 1/2, 3/4, 1 over steps 2..6: 1e-4 + 9e-4 (1 + cos(pi p)) / 2
+    assert [t.lr_at(s) for s in range(7)] == pytest.approx(
+        [5e-4, 1e-3, 1e-3, 1e-4 + 9e-4 * (2 + 2 ** 0.5) / 4, 5.5e-4, 1e-4 + 9e-4 * (2 - 2 ** 0.5) / 4, 1e-4])
+    for bad in ({"lr_schedule": "linear"}, {"min_lr": 2e-3}, {"min_lr": -1.0}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            _config(lr=1e-3, **bad)
+
+
 def test_accumulated_gradient_is_the_mean_of_the_micro_batches():
     t = Trainer(TinyDenoiser(), DDPMObjective(prediction_type="v_prediction"), _dataset(),
                 _config(grad_clip=None, grad_accum=2, batch_size=2, text_dropout=0.5))

@@ -129,7 +129,9 @@ class Choice:
         return "\n".join(lines)
 
 
-def _rank(call: Call) -> tuple[list[tuple[float, Backend]], dict[str, str]]:
+def _rank(call: Call, order: bool = True) -> tuple[list[tuple[float, Backend]], dict[str, str]]:
+    """The backends that can run ``call`` with their costs (cheapest first when ``order``), and why each is or is
+    not one."""
     _ensure_loaded()
     ok: list[tuple[float, Backend]] = []
     reasons: dict[str, str] = {}
@@ -142,8 +144,10 @@ def _rank(call: Call) -> tuple[list[tuple[float, Backend]], dict[str, str]]:
         else:
             c = be.cost(call)
             ok.append((c, be))
-            reasons[be.name] = f"cost {c:.3g}"
-    ok.sort(key=lambda t: t[0])
+            if not torch.compiler.is_compiling():  # traced with dynamic shapes the cost is symbolic: no text
+                reasons[be.name] = f"cost {c:.3g}"
+    if order:
+        ok.sort(key=lambda t: t[0])
     return ok, reasons
 
 
@@ -160,12 +164,18 @@ def select(call: Call, backend: str = "auto") -> Backend:
             raise ValueError(f"backend: {backend!r} cannot run this call ({why})")
         return be
     if torch.compiler.is_compiling():
-        # traced once per graph: rank by structure (the costs read no tensor) and bake the choice into the graph
-        ranked, reasons = _rank(call)
+        # traced once per graph: rank by structure (the costs read no tensor) and bake the choice into the graph.
+        # With dynamic shapes the costs are symbolic floats, which dynamo cannot sort: the cheapest is found by
+        # comparisons, each of which becomes a guard on the shapes
+        ranked, reasons = _rank(call, order=False)
         if not ranked:
             detail = "; ".join(f"{name}: {why}" for name, why in sorted(reasons.items()))
             raise ValueError(f"backend: no registered backend can run this call under torch.compile ({detail})")
-        return ranked[0][1]
+        best_cost, best = ranked[0]
+        for c, be in ranked[1:]:
+            if c < best_cost:
+                best_cost, best = c, be
+        return best
     key = (registry_version(), call.key())
     hit = _CHOICES.get(key)
     if hit is not None:

@@ -22,6 +22,7 @@ from veil.layers.positions import (
     rotate_half,
     sincos_1d,
     sincos_2d,
+    sincos_3d,
     sincos_from_positions,
     wan_rope_split,
 )
@@ -32,5 +33,5 @@ __all__ = [
     "GEGLU", "MLP", "AdaLNZero", "Attention", "CacheView", "CrossAttention", "GatedMLP", "InAttentionCondition",
     "KVCache", "LayerNorm", "MoE", "MoEAux", "Modulation", "QKNorm", "RMSNorm", "Rope3D", "RopeTable",
     "RotaryEmbedding", "SwiGLU", "TimestepEmbedding", "activation_fn", "gate", "modulate", "rotate_half",
-    "sincos_1d", "sincos_2d", "sincos_from_positions", "timestep_sinusoid", "wan_rope_split",
+    "sincos_1d", "sincos_2d", "sincos_3d", "sincos_from_positions", "timestep_sinusoid", "wan_rope_split",
 ]

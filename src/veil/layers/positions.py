@@ -270,3 +270,29 @@ def sincos_2d(dim: int, grid: tuple[int, int], *, base_size: int | None = None, 
     cols = pw.view(1, w).expand(h, w)
     return torch.cat([sincos_from_positions(dim // 2, cols, dtype=dtype),
                       sincos_from_positions(dim // 2, rows, dtype=dtype)], dim=1)  # (H*W, dim)
+
+
+def sincos_3d(dim: int, grid: tuple[int, int, int], *, dtype: torch.dtype = torch.float32,
+              device: torch.device | str | None = None) -> Tensor:
+    """Fixed 3D sin-cos table for a ``(T, H, W)`` grid in raster order: ``[T*H*W, dim]``.
+
+    The width is split as Wan splits its RoPE (:func:`wan_rope_split`): the first ``dim - 4 (dim // 6)`` channels
+    encode the frame, the next ``2 (dim // 6)`` the row, the last ``2 (dim // 6)`` the column, each with
+    :func:`sincos_from_positions` of the positions ``0 .. n - 1``.
+
+    Raises:
+        ValueError: a part of the split that is odd or 0, or a grid that is not three positive ints.
+    """
+    split = wan_rope_split(dim)
+    if any(d <= 0 or d % 2 for d in split):
+        raise ValueError(f"dim: the split {split} of dim={dim} must be even and > 0 in every part (a multiple of "
+                         f"12 works)")
+    if len(grid) != 3 or any(isinstance(g, bool) or not isinstance(g, int) or g < 1 for g in grid):
+        raise ValueError(f"grid: expected three positive ints (T, H, W), got {grid!r}")
+    t, h, w = grid
+    axes = [sincos_from_positions(d, torch.arange(n, dtype=torch.float32), dtype=dtype)
+            for d, n in zip(split, grid)]  # (n, d) each
+    table = torch.cat([axes[0][:, None, None].expand(t, h, w, -1), axes[1][None, :, None].expand(t, h, w, -1),
+                       axes[2][None, None, :].expand(t, h, w, -1)], dim=-1)  # (T, H, W, dim)
+    return table.reshape(t * h * w, dim).to(device)
+

@@ -38,6 +38,7 @@ from veil.layers import (
     TimestepEmbedding,
     gate,
     modulate,
+    sincos_3d,
     timestep_sinusoid,
 )
 from veil.models.experts import TimestepExperts
@@ -294,6 +295,8 @@ class WanDiT(SequenceParallelModel, nn.Module):
         """
         cfg = self.config
         tokens, grid = self.patchify(x)  # (B, L, E) raster
+        if cfg.abs_pos:
+            tokens = tokens + sincos_3d(cfg.dim, grid, dtype=tokens.dtype, device=tokens.device)
         bsz, n = tokens.shape[0], tokens.shape[1]
         if not isinstance(context, torch.Tensor) or context.dim() != 3 or context.shape[0] != bsz or (
                 context.shape[-1] != cfg.text_dim):

@@ -201,6 +201,11 @@ class WanConfig:
         pooled_text: also condition on the text globally, as SD3 and Flux do with their pooled text vector: the
             mean of the valid text tokens, through its own text MLP, is added to the timestep embedding that
             modulates every block and the head. Not in Wan (False keeps Wan's weights and outputs).
+        abs_pos: also add a fixed 3D sin-cos position embedding to the patch tokens (before the first block), as
+            Latte adds its fixed spatial and temporal ones: each token then knows its absolute frame and place,
+            which RoPE's relative positions only give through boundary effects. Width split ``(E - 4 (E // 6),
+            2 (E // 6), 2 (E // 6))`` over (frame, row, column), positions ``0 .. n - 1`` of the patch grid.
+            No parameters; not in Wan (False keeps Wan's outputs).
         attention: one pattern for every layer, or one per layer: an :class:`AttentionPattern` or a name
             (``"full"``, ``"spatial"``, ``"temporal"``, ``"frame_causal"``).
         tile_permute: with ``tile_window`` layers, permute the tokens into tile order once per forward (every
@@ -225,6 +230,7 @@ class WanConfig:
     rope_base: float = 10000.0
     mask_text_padding: bool = True
     pooled_text: bool = False
+    abs_pos: bool = False
     attention: AttentionPattern | str | tuple[AttentionPattern | str, ...] = "full"
     tile_permute: bool = True
     feed_forward: FeedForwardKind | tuple[FeedForwardKind, ...] = "dense"
@@ -237,6 +243,9 @@ class WanConfig:
         self.patch_size = _triple("patch_size", self.patch_size)
         if self.dim % self.heads:
             raise ValueError(f"heads: must divide dim={self.dim}, got {self.heads}")
+        if self.abs_pos and any(d <= 0 or d % 2 for d in wan_rope_split(self.dim)):
+            raise ValueError(f"abs_pos: the width split {wan_rope_split(self.dim)} of dim={self.dim} must be even and "
+                             f"> 0 in every part (a multiple of 12 works)")
         split = wan_rope_split(self.head_dim)
         if any(d <= 0 or d % 2 for d in split):
             raise ValueError(f"heads: head dim {self.head_dim} (dim / heads) gives the RoPE split {split}; every part "

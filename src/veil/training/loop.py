@@ -56,6 +56,9 @@ class TrainConfig:
         batch_size: samples per micro-batch; one step sees ``batch_size * grad_accum`` samples.
         lr, weight_decay, betas, eps: AdamW.
         warmup_steps: linear warm-up: step s (0-based) uses ``lr * min(1, (s + 1) / warmup_steps)``.
+        lr_schedule: after the warm-up, "constant" (``lr``) or "cosine": from ``lr`` down to ``min_lr`` at the last
+            of ``steps`` steps, ``min_lr + (lr - min_lr) (1 + cos(pi p)) / 2`` with ``p`` the share of the
+            post-warm-up steps done (so changing ``steps`` on resumption changes the remaining rates).
         grad_clip: clip the global gradient norm to this (None: no clipping; the norm is still logged).
         grad_accum: micro-batches per step; the step's loss is their mean.
         text_dropout: probability of replacing a sample's text by the empty prompt (classifier-free guidance).
@@ -87,6 +90,8 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    min_lr: float = 0.0
     grad_clip: float | None = 1.0
     grad_accum: int = 1
     text_dropout: float = 0.1
@@ -118,6 +123,11 @@ class TrainConfig:
             raise ValueError(f"checkpoint_every: expected a positive int or None, got {self.checkpoint_every!r}")
         if not self.lr > 0:
             raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if (isinstance(self.min_lr, bool) or not isinstance(self.min_lr, (int, float))
+                or not 0 <= self.min_lr <= self.lr):
+            raise ValueError(f"min_lr: expected a number in [0, lr={self.lr!r}], got {self.min_lr!r}")
         if not 0.0 <= self.text_dropout <= 1.0:
             raise ValueError(f"text_dropout: expected a probability in [0, 1], got {self.text_dropout!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:
@@ -136,8 +146,8 @@ class TrainConfig:
 
 
 # fields that change the losses of the remaining steps when they differ between a run and its resumption
-_REPEATABLE = ("batch_size", "sp", "lr", "weight_decay", "betas", "eps", "warmup_steps", "grad_clip", "grad_accum",
-               "text_dropout", "ema_decay", "ema_warmup", "precision", "seed")
+_REPEATABLE = ("batch_size", "sp", "lr", "weight_decay", "betas", "eps", "warmup_steps", "lr_schedule", "min_lr",
+               "grad_clip", "grad_accum", "text_dropout", "ema_decay", "ema_warmup", "precision", "seed")
 
 
 def _plain(v: Any) -> Any:
@@ -313,9 +323,15 @@ class Trainer:
     # --- one step ------------------------------------------------------------------------------------------
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of 0-based ``step`` (linear warm-up, then constant)."""
-        w = self.config.warmup_steps
-        return self.config.lr * min(1.0, (step + 1) / w) if w > 0 else self.config.lr
+        """The learning rate of 0-based ``step``: linear warm-up, then constant or cosine (``lr_schedule``)."""
+        cfg = self.config
+        w = cfg.warmup_steps
+        if step < w:
+            return cfg.lr * (step + 1) / w
+        if cfg.lr_schedule == "constant":
+            return cfg.lr
+        p = min(1.0, (step - w) / max(1, cfg.steps - 1 - w))  # 0 at the first post-warm-up step, 1 at the last
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
 
     def next_batch(self) -> dict[str, Tensor]:
         """The next micro-batch on the device, with text dropout applied (this rank's rows of the global batch

@@ -57,6 +57,7 @@ class T2VConfig:
             frames clean (``PipelineConfig.clean_anchors``).
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
         pooled_text: also condition every block on the mean text embedding (:class:`~veil.models.WanConfig`).
+        abs_pos: also add fixed 3D sin-cos positions to the patch tokens (``WanConfig.abs_pos``).
         text_norm: standardise the text embeddings per feature with the training captions' statistics (see
             :class:`~veil.pipelines.t2v.ContextStandardize`).
         shift, timesteps, loss_weight: flow matching sigma shift, timestep sampling ("logit_normal" or
@@ -65,10 +66,10 @@ class T2VConfig:
             "velocity".
         scheduler, guidance, sample_steps, sample_shift, overlap: sampling defaults stored with the checkpoint
             (``sample_shift`` 0: the training ``shift``).
-        steps, batch_size, lr, warmup_steps, grad_clip, ema_decay, text_dropout, weight_decay, seed, log_every,
-            checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`); ``threads``: torch
-            CPU threads (0 = torch's default; 2 on an idle 2-core machine, where the preset steps 1.8x faster than
-            on one thread; 1 when other jobs share the CPU).
+        steps, batch_size, lr, warmup_steps, lr_schedule, min_lr, grad_clip, ema_decay, text_dropout, weight_decay,
+            seed, log_every, checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`);
+            ``threads``: torch CPU threads (0 = torch's default; 2 on an idle 2-core machine, where the preset steps
+            1.8x faster than on one thread; 1 when other jobs share the CPU).
         dp, sp, sp_layout: under ``torchrun``: "ddp" or "fsdp", the processes per sequence-parallel group and how
             they split the tokens (see :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
         data: a folder of captioned clips to train on instead of the world (:class:`~veil.data.VideoFolder`:
@@ -105,6 +106,7 @@ class T2VConfig:
     loss_weight: str = "none"
     text_norm: bool = True
     pooled_text: bool = False
+    abs_pos: bool = False
     prediction: str = "x0"
     scheduler: str = "flow_euler"
     guidance: float = 4.0
@@ -115,6 +117,8 @@ class T2VConfig:
     batch_size: int = 32
     lr: float = 1e-3
     warmup_steps: int = 100
+    lr_schedule: str = "constant"
+    min_lr: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.995
     text_dropout: float = 0.1
@@ -155,7 +159,7 @@ class T2VConfig:
         model = dict(in_channels=channels, out_channels=channels, patch_size=list(self.patch), dim=self.dim,
                      heads=self.heads, num_layers=self.layers, ffn_dim=self.ffn_dim,
                      text_dim=_text_dim(self.text_encoder), freq_dim=self.freq_dim, pooled_text=self.pooled_text,
-                     attention=self.attention)
+                     attention=self.attention, **({"abs_pos": True} if self.abs_pos else {}))
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
                               objective="flow", shift=self.shift, sample_shift=self.sample_shift or None,
                               scheduler=self.scheduler, guidance=self.guidance,
@@ -164,6 +168,7 @@ class T2VConfig:
 
     def train_config(self, out_dir: str | None, resume: str | None, progress: bool = True) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+                           lr_schedule=typing.cast(Any, self.lr_schedule), min_lr=self.min_lr,
                            grad_clip=self.grad_clip, ema_decay=self.ema_decay, text_dropout=self.text_dropout,
                            weight_decay=self.weight_decay, seed=self.seed, log_every=self.log_every,
                            checkpoint_every=self.checkpoint_every, out_dir=out_dir, resume=resume, progress=progress,
