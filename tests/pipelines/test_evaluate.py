@@ -7,8 +7,10 @@ import json
 import pytest
 import torch
 
-from veil.data import make_video
+from veil.data import COLOURS, make_video
+from veil.pipelines import PixelCodec
 from veil.pipelines.evaluate import (
+    caption_sensitivity,
     default_prompts,
     evaluate,
     extension_ceiling,
@@ -114,3 +116,41 @@ def test_evaluate_a_perfect_pipeline_writes_its_report(tmp_path):
     fid = report["fidelity"]
     assert fid["generated"]["background"] < 1e-3 and fid["rendered"]["edges_sharp"] == 1.0
     assert "| rendered |" in md and report["edges"] == "inside"
+    assert "sensitivity" not in report  # no denoiser to probe
+
+
+class ColourDenoiser:
+    """A flow-matching pipeline whose denoiser reads only the caption's colour: its clean-clip estimate is a frame
+    of that colour at a tenth of its strength (context = the colour's index, from a fake encoder)."""
+
+    class config:  # noqa: N801
+        frames, size, objective = 8, 32, "flow"
+
+    def __init__(self):
+        self.codec, self.device, self.seen = PixelCodec(), torch.device("cpu"), []
+
+    def encode_prompts(self, prompts):
+        self.seen.append(list(prompts))
+        index = [next(i for i, c in enumerate(COLOURS) if f" {c} " in p) for p in prompts]
+        return torch.tensor(index, dtype=torch.float32).view(-1, 1, 1), torch.ones(len(prompts), dtype=torch.long)
+
+    def model(self, xt, timestep, context, lengths):
+        rgb = torch.tensor([COLOURS[c] for c in list(COLOURS)])[context.view(-1).long()]  # (B, 3) in [0, 1]
+        x0_hat = 0.1 * (2 * rgb - 1).view(-1, 3, 1, 1, 1).expand_as(xt)
+        sigma = (timestep / 1000).view(-1, 1, 1, 1, 1)
+        return (xt - x0_hat) / sigma  # the velocity whose estimate x_t - sigma v is x0_hat
+
+
+def test_caption_sensitivity_swaps_one_attribute_and_sees_what_the_denoiser_reads():
+    pipe = ColourDenoiser()
+    sens = caption_sensitivity(pipe, clips=8, sigmas=(0.5, 0.9))
+    assert set(sens) == {"colour", "shape", "motion"} and set(sens["colour"]) == {"0.5", "0.9"}
+    assert all(r > 1.0 for r in sens["colour"].values())  # the wrong colour is further from the clip
+    assert all(r == 1.0 for a in ("shape", "motion") for r in sens[a].values())  # read nowhere: exactly 1
+    true, colour, shape, motion = pipe.seen
+    assert true[0] == "a red circle moving left" and colour[0] == "a green circle moving left"
+    assert shape[0] == "a red square moving left" and motion[:4] == ["a red circle moving right",
+                                                                     "a green square moving left",
+                                                                     "a blue triangle moving down",
+                                                                     "a yellow circle moving up"]
+

@@ -16,8 +16,8 @@ def add_parser(sub) -> None:
                        description="Generate for every seen and held-out combination (or --prompts), recover "
                                    "colour, shape and motion with the world's analyzer, measure how cleanly the "
                                    "clips are drawn next to the world's renders (background residual, square fill, "
-                                   "edge rise), extend some prompts 4x, and write report.json, report.md and GIF "
-                                   "grids to --out.")
+                                   "edge rise), measure how much the denoiser depends on each caption attribute, "
+                                   "extend some prompts 4x, and write report.json, report.md and GIF grids to --out.")
     p.add_argument("--checkpoint", help="a checkpoint from 'veil train' (default: the shipped tiny-t2v)")
     p.add_argument("--prompts", help="a text file, one prompt per line (default: every seen combination)")
     p.add_argument("--out", default="out/eval", help="report directory (default out/eval)")
@@ -29,6 +29,8 @@ def add_parser(sub) -> None:
     p.add_argument("--edges", choices=("inside", "wrap"),
                    help="the world's edges (default: the checkpoint's training world)")
     p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measures")
+    p.add_argument("--no-sensitivity", action="store_true",
+                   help="skip the caption sensitivity (the denoiser's error with one caption attribute replaced)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
     p.set_defaults(run=run, parser=p)
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
         prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]
     report = evaluate(pipe, prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
                       extension_prompts=args.extension_prompts, extend_factor=args.extend_factor, edges=args.edges,
-                      measure_fidelity=not args.no_fidelity, out_dir=args.out)
+                      measure_fidelity=not args.no_fidelity, measure_sensitivity=not args.no_sensitivity,
+                      out_dir=args.out)
     print(markdown(report))
     print(f"report: {Path(args.out) / 'report.json'}")
     return 0

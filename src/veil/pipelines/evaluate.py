@@ -22,13 +22,23 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from veil.data import analyze, caption, parse_phrase, render_many, sample_spec, split_combinations
+from veil.data import (
+    COLOURS,
+    MOTIONS,
+    SHAPES,
+    analyze,
+    caption,
+    parse_phrase,
+    render_many,
+    sample_spec,
+    split_combinations,
+)
 from veil.data.fidelity import fidelity
 from veil.data.world import RADIUS, check_edges
 from veil.pipelines.media import save_grid
 
-__all__ = ["ATTRIBUTES", "default_prompts", "evaluate", "extension_ceiling", "fidelity_scores", "score_videos",
-           "trained_world", "truth_of", "window_scores"]
+__all__ = ["ATTRIBUTES", "SENSITIVITY_SIGMAS", "caption_sensitivity", "default_prompts", "evaluate",
+           "extension_ceiling", "fidelity_scores", "score_videos", "trained_world", "truth_of", "window_scores"]
 
 ATTRIBUTES = ("colour", "shape", "motion")
 
@@ -168,6 +178,66 @@ def fidelity_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], *, s
     return out
 
 
+SENSITIVITY_SIGMAS = (0.5, 0.8, 0.9, 0.95)
+_OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+
+
+@torch.no_grad()
+def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[float] = SENSITIVITY_SIGMAS,
+                        seed: int = 0, edges: str = "inside", radius: tuple[float, float] = RADIUS,
+                        cross: float = 1.0) -> dict[str, dict[str, float]] | None:
+    """How much the denoiser's clean-clip estimate depends on each attribute of the caption.
+
+    ``clips`` world clips of moving objects (colours, shapes and the four directions in turn, drawn as the world
+    draws them: ``edges``, ``radius``, ``cross``) are noised to each ``sigma`` (flow matching: ``(1 - sigma) x0 +
+    sigma noise``, the same noise for every caption), and the model's estimate of the clean clip (``x_t - sigma
+    v``) is scored against the clip, once with its canonical caption and once with the caption whose ``colour``,
+    ``shape`` or ``motion`` is replaced (the next colour / shape of the vocabulary; the opposite direction).
+
+    Returns:
+        ``{attribute: {f"{sigma:g}": mse(wrong caption) / mse(true caption)}}``: 1 where the model ignores the
+        attribute; None for a pipeline whose objective is not flow matching or that exposes no denoiser
+        (``model``, ``codec``, ``encode_prompts``).
+    """
+    if getattr(pipeline.config, "objective", "flow") != "flow" or not all(
+            hasattr(pipeline, a) for a in ("model", "codec", "encode_prompts")):
+        return None
+    frames, size = pipeline.config.frames, pipeline.config.size
+    rng = np.random.default_rng([seed, 13])
+    moving = [m for m in MOTIONS if m in _OPPOSITE]
+    colours = list(COLOURS)
+    triples = [(colours[i % len(colours)], SHAPES[i % len(SHAPES)], moving[i % len(moving)]) for i in range(clips)]
+    x0 = render_many(sample_spec(*t, frames=frames, size=size, rng=rng, edges=edges, radius=radius, cross=cross)
+                     for t in triples).to(getattr(pipeline, "device", "cpu"))
+    latents = pipeline.codec.encode(x0).float()
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(latents.shape, generator=g).to(latents)
+
+    def swap(t: tuple[str, str, str], attribute: str) -> tuple[str, str, str]:
+        c, s, m = t
+        if attribute == "colour":
+            return colours[(colours.index(c) + 1) % len(colours)], s, m
+        if attribute == "shape":
+            return c, SHAPES[(SHAPES.index(s) + 1) % len(SHAPES)], m
+        return c, s, _OPPOSITE[m]
+
+    def errors(captions: list[str]) -> list[float]:
+        ctx, lengths = pipeline.encode_prompts(captions)
+        out = []
+        for sigma in sigmas:
+            xt = (1 - sigma) * latents + sigma * noise
+            v = pipeline.model(xt, torch.full((clips,), 1000.0 * sigma, device=xt.device), ctx, lengths).float()
+            out.append(float(((xt - sigma * v - latents) ** 2).mean()))
+        return out
+
+    true = errors([caption(*t) for t in triples])
+    report = {}
+    for attribute in ATTRIBUTES:
+        wrong = errors([caption(*swap(t, attribute)) for t in triples])
+        report[attribute] = {f"{sigma:g}": w / max(e, 1e-12) for sigma, w, e in zip(sigmas, wrong, true)}
+    return report
+
+
 def _generate(pipeline: Any, prompts: Sequence[str], batch: int, **kw: Any) -> Tensor:
     out = [pipeline(list(prompts[i:i + batch]), **kw) for i in range(0, len(prompts), batch)]
     return torch.cat(out) if out else torch.zeros(0)
@@ -177,7 +247,7 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
              exclude: Iterable[str] | None = None, edges: str | None = None, seed: int = 0,
              guidance: float | None = None, steps: int | None = None, batch_size: int = 40,
              extension_prompts: int = 10, extend_factor: int = 4, measure_fidelity: bool = True,
-             out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
+             measure_sensitivity: bool = True, out_dir: str | os.PathLike | None = None) -> dict[str, Any]:
     """Score how well ``pipeline`` follows prompts, and whether a long extension keeps colour and motion.
 
     Args:
@@ -194,13 +264,15 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
         extend_factor: the extension length in trained lengths.
         measure_fidelity: also measure how cleanly the seen prompts' clips are drawn, next to the world's renders
             (:func:`fidelity_scores`).
+        measure_sensitivity: also measure how much the denoiser's estimate depends on each attribute of the
+            caption (:func:`caption_sensitivity`, on clips of the trained world).
         out_dir: where to write ``report.json``, ``report.md``, ``seen.gif``, ``held_out.gif`` and
             ``extension.gif`` (None: nothing written).
 
     Returns:
         The report: ``{"seen": scores, "held_out": scores, "held_out_combinations": {prompt: row},
-        "extension": window scores, "fidelity": ..., "seconds": ...}`` with the scores of :func:`score_videos`
-        and :func:`fidelity_scores`.
+        "extension": window scores, "fidelity": ..., "sensitivity": ..., "seconds": ...}`` with the scores of
+        :func:`score_videos`, :func:`fidelity_scores` and :func:`caption_sensitivity`.
     """
     t0 = time.perf_counter()
     trained = trained_world(pipeline)
@@ -230,6 +302,10 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
     if measure_fidelity and "seen" in videos:
         report["fidelity"] = fidelity_scores(videos["seen"], [truth_of(p) for p in prompts], seed=seed, edges=edges,
                                              radius=radius)
+    if measure_sensitivity:
+        sens = caption_sensitivity(pipeline, seed=seed, edges=edges, radius=radius, cross=cross)
+        if sens is not None:
+            report["sensitivity"] = sens
     if held_out:
         report["held_out_combinations"] = {r["prompt"]: {a: r[a] for a in (*ATTRIBUTES, "all")} | {"got": r["got"]}
                                            for r in report["held_out"]["rows"]}
@@ -286,6 +362,15 @@ def markdown(report: dict[str, Any]) -> str:
             m = f[name]
             lines.append(f"| {name} | {m['background']:.4f} | {cell(m, 'square_fill', '.1%')} | "
                          f"{cell(m, 'edge', '.2f')} | {cell(m, 'edges_sharp', '.0%')} |")
+    if "sensitivity" in report:
+        sens = report["sensitivity"]
+        sigmas = list(next(iter(sens.values())))
+        lines += ["", "Caption sensitivity: the denoiser's clean-clip error with one attribute of the caption "
+                  "replaced, over its error with the true caption (1.00: the attribute is ignored).", "",
+                  "| attribute | " + " | ".join(f"sigma {s}" for s in sigmas) + " |",
+                  "|---|" + "---|" * len(sigmas)]
+        for attribute, row in sens.items():
+            lines.append(f"| {attribute} | " + " | ".join(f"{row[s]:.3f}" for s in sigmas) + " |")
     if "extension" in report:
         e = report["extension"]
         lines += ["", f"Extension to {e['factor']}x the trained length ({e['windows']} windows): colour kept in "
