@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import torch
 
+from veil.attention.backends.workers import serial
+
 
 def peak_bytes(fn: Callable[[], object], device: torch.device | str) -> int:
     """Peak bytes allocated by torch during ``fn()`` beyond what was allocated before it.
@@ -38,7 +40,9 @@ def peak_bytes(fn: Callable[[], object], device: torch.device | str) -> int:
         raise ValueError(f"device: peak memory is measured on 'cpu' or 'cuda', got {device}")
     from torch.profiler import ProfilerActivity, profile
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    # the profiler sees the calling thread's allocations only: work that veil's CPU attention would hand to its
+    # worker threads runs here instead (the same blocks in one call: at least the workers' transient memory)
+    with serial(), _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
         del out
     events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]

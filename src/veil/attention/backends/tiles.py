@@ -15,6 +15,7 @@ Legend: B batch, H heads, nb blocks, bq queries per block, bk keys per block, D 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from veil.attention.backends.common import math_attention, sdpa_attention
+from veil.attention.backends.workers import parallel_workers, run_jobs
 from veil.attention.registry import Backend, Call, register_backend
 from veil.masks import (
     Chunked,
@@ -440,28 +442,42 @@ def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int
             ob = sdpa_attention(qb, kb, vb, (band[None] & valid[:, None, :])[:, None], scale)
         return ob.transpose(0, 1).flatten(1, 2)  # (H, n*bq, Dv)
 
+    spans = []  # (sample, first block, end block): runs of blocks alike in cleanliness, at most `group` long
     for bi in range(b):
         i = 0
         while i < nb:
             i1 = i
             while i1 < nb and i1 - i < group and clean[i1] == clean[i]:
                 i1 += 1
-            lo = max(0, starts[i])
-            hi = min(kv_len, starts[i1 - 1] + span)
-            rows = slice(i * bq, i1 * bq)
-            if grads is None:
-                out[bi, :, rows] = piece(q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi], i, i1, lo)
-            else:
-                grad_out, dq, dk, dv = grads
-                with torch.enable_grad():
-                    qs, ks, vs = (t.detach().requires_grad_() for t in
-                                  (q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi]))
-                    o = piece(qs, ks, vs, i, i1, lo)
-                    gq, gk, gv = torch.autograd.grad(o, (qs, ks, vs), grad_out[bi, :, rows])
-                dq[bi, :, rows] += gq
-                dk[bi, :, lo:hi] += gk
-                dv[bi, :, lo:hi] += gv
+            spans.append((bi, i, i1))
             i = i1
+
+    def keys(i: int, i1: int) -> tuple[int, int, slice]:
+        return max(0, starts[i]), min(kv_len, starts[i1 - 1] + span), slice(i * bq, i1 * bq)
+
+    if grads is None:
+        # the forward writes disjoint rows of `out`: on CPU the runs are cut into one share per torch thread, each
+        # computed single-threaded in its own worker (PyTorch's kernel scales poorly over these small blocks)
+        workers = parallel_workers(q.device, b * h * nb * bq * span * d)
+        if workers > 1:
+            per = -(-b * nb // workers)
+            spans = [(bi, j, min(j + per, i1)) for bi, i, i1 in spans for j in range(i, i1, per)]
+
+        def job(bi: int, i: int, i1: int) -> None:
+            lo, hi, rows = keys(i, i1)
+            out[bi, :, rows] = piece(q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi], i, i1, lo)
+        run_jobs([functools.partial(job, *s) for s in spans], workers)
+        return out
+    grad_out, dq, dk, dv = grads
+    for bi, i, i1 in spans:
+        lo, hi, rows = keys(i, i1)
+        with torch.enable_grad():
+            qs, ks, vs = (t.detach().requires_grad_() for t in (q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi]))
+            o = piece(qs, ks, vs, i, i1, lo)
+            gq, gk, gv = torch.autograd.grad(o, (qs, ks, vs), grad_out[bi, :, rows])
+        dq[bi, :, rows] += gq
+        dk[bi, :, lo:hi] += gk
+        dv[bi, :, lo:hi] += gv
     return out
 
 
