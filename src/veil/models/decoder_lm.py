@@ -555,8 +555,8 @@ class DecoderLM(SequenceParallelModel, nn.Module):
     def _generation_cache(self, batch: int, need: int) -> LMCache:
         """A new cache; for a compiled model (``model.compile()``) a fixed-shape one, reused between calls and
         sized up to a multiple of 256 slots, so that later calls do not recompile for a new cache object or size.
-        A new batch size makes a new cache, and so its own prefill and decoding graphs (dynamo's recompile limit,
-        8 by default, bounds how many batch sizes one compiled model serves)."""
+        A new batch size makes a new cache, and so its own prefill and decoding graphs: dynamo's recompile limit
+        (8 compiles of the forward by default) lets one compiled model serve about four batch sizes."""
         if getattr(self, "_compiled_call_impl", None) is None:
             return self.new_cache(batch, need)
         size = min(self.config.max_seq_len, -(-need // 256) * 256) if need <= self.config.max_seq_len else need
