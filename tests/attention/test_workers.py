@@ -44,7 +44,7 @@ def test_sliding_window_forward_on_workers_equals_reference(two_threads, window,
     for a, b in ((qg, qr), (kg, kr), (vg, vr)):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-4)
     assert torch.get_num_threads() == 2  # the workers' one-thread setting is theirs alone
-    if workers._openmp() is not None:
+    if workers._openmp() is not None and workers._mkl() is not None:
         assert workers._POOL is not None and workers._POOL[0] == 2  # the workers ran the blocks
 
 
@@ -56,8 +56,8 @@ def test_jobs_run_in_order_in_the_caller_without_workers():
 
 
 def test_a_failing_job_raises_in_the_caller(two_threads):
-    if workers._openmp() is None:
-        pytest.skip("no OpenMP runtime to give the workers one thread each")
+    if workers._openmp() is None or workers._mkl() is None:
+        pytest.skip("no OpenMP runtime and MKL to give the workers one thread each")
 
     def boom():
         raise RuntimeError("job failed")

@@ -9,8 +9,9 @@ through the OpenMP runtime PyTorch loaded; ``torch.set_num_threads`` cannot be u
 count), and runs a list of jobs on it.
 
 Used only where it is safe and pays: CPU tensors, more than one torch thread, ATen's OpenMP backend with a runtime
-that can be found, outside ``torch.compile`` and for jobs without autograd (each job writes its own rows of a
-preallocated output). Anywhere else :func:`run_jobs` runs the jobs in the calling thread, in order.
+that can be found and PyTorch's MKL (x86 builds), outside ``torch.compile`` and for jobs without autograd (each
+job writes its own rows of a preallocated output). Anywhere else :func:`run_jobs` runs the jobs in the calling
+thread, in order.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def _openmp() -> ctypes.CDLL | None:
 def _mkl() -> ctypes.CDLL | None:
     """PyTorch's MKL, where its thread-local thread count can be set, or None (its C interface: the lower-case
     names are the Fortran one, which takes pointers)."""
+    if not torch.backends.mkl.is_available():
+        return None
     try:
         lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
         lib.MKL_Set_Num_Threads_Local, lib.MKL_Get_Max_Threads  # noqa: B018 (both must exist)
@@ -65,20 +68,22 @@ def _mkl() -> ctypes.CDLL | None:
     return lib
 
 
-def _one_thread(omp: ctypes.CDLL, mkl: ctypes.CDLL | None, ok: list[bool]) -> None:
+def _one_thread(omp: ctypes.CDLL, mkl: ctypes.CDLL, ok: list[bool]) -> None:
     torch.get_num_threads()  # ATen's per-thread lazy initialisation first: it would reset the settings below
     omp.omp_set_num_threads(1)  # this thread's own OpenMP setting: its kernels run single-threaded
     # and MKL's (its GEMMs would otherwise open a team of torch.get_num_threads() threads per call, 5x slower)
-    if mkl is not None:
-        mkl.MKL_Set_Num_Threads_Local(1)
-    ok.append(omp.omp_get_max_threads() == 1 and (mkl is None or mkl.MKL_Get_Max_Threads() == 1))
+    mkl.MKL_Set_Num_Threads_Local(1)
+    ok.append(omp.omp_get_max_threads() == 1 and mkl.MKL_Get_Max_Threads() == 1)
 
 
 def _pool(workers: int) -> ThreadPoolExecutor | None:
-    """A pool of ``workers`` single-OpenMP-thread workers (rebuilt when the count changes), or None."""
-    global _POOL
+    """A pool of ``workers`` single-threaded workers (rebuilt when the count changes), or None: no OpenMP runtime
+    or no MKL to set (a GEMM library whose threads cannot be set per thread would oversubscribe the cores), or a
+    runtime that did not take the setting (then never again in this process)."""
+    global _POOL, _OMP
     omp = _openmp()
-    if omp is None:
+    mkl = _mkl()
+    if omp is None or mkl is None:
         return None
     with _LOCK:
         if _POOL is not None and _POOL[:2] == (workers, os.getpid()):
@@ -89,7 +94,7 @@ def _pool(workers: int) -> ThreadPoolExecutor | None:
             _POOL = None
         ok: list[bool] = []
         pool = ThreadPoolExecutor(workers, thread_name_prefix="veil-tiles", initializer=_one_thread,
-                                  initargs=(omp, _mkl() if torch.backends.mkl.is_available() else None, ok))
+                                  initargs=(omp, mkl, ok))
         barrier = threading.Barrier(workers)  # every worker must hold one of these jobs: all of them start now
         try:
             for f in [pool.submit(barrier.wait, 10.0) for _ in range(workers)]:
@@ -98,6 +103,7 @@ def _pool(workers: int) -> ThreadPoolExecutor | None:
             ok.append(False)
         if len(ok) != workers or not all(ok):  # a runtime that did not take the setting: do not use it
             pool.shutdown(wait=False)
+            _OMP = None
             return None
         _POOL = (workers, os.getpid(), pool)
         return pool
