@@ -212,6 +212,7 @@ def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[floa
     latents = pipeline.codec.encode(x0).float()
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(latents.shape, generator=g).to(latents)
+    noised = [(sigma, (1 - sigma) * latents + sigma * noise) for sigma in sigmas]  # shared by every caption set
 
     def swap(t: tuple[str, str, str], attribute: str) -> tuple[str, str, str]:
         c, s, m = t
@@ -224,8 +225,7 @@ def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[floa
     def errors(captions: list[str]) -> list[float]:
         ctx, lengths = pipeline.encode_prompts(captions)
         out = []
-        for sigma in sigmas:
-            xt = (1 - sigma) * latents + sigma * noise
+        for sigma, xt in noised:
             v = pipeline.model(xt, torch.full((clips,), 1000.0 * sigma, device=xt.device), ctx, lengths).float()
             out.append(float(((xt - sigma * v - latents) ** 2).mean()))
         return out
