@@ -71,6 +71,41 @@ def test_flow_matching_continuation_gives_clean_prefixes_at_timestep_0():
         FlowMatching(context_frames=1.5)
 
 
+def test_flow_matching_one_patch_prefixes_and_near_pure_noise_continuations():
+    x0 = torch.randn(400, 1, 16, 2, 2)
+    noise = torch.randn_like(x0)
+
+    def draw(**kw):
+        fm = FlowMatching(shift=5.0, sampling="logit_normal", context_frames=0.5, frame_patch=2, **kw)
+        return fm.example(x0, generator=torch.Generator().manual_seed(0), noise=noise)
+
+    base = draw()
+    k0 = (base.timestep == 0).sum(1)
+    one = draw(context_one_patch=1.0)  # every continuation clip keeps exactly its first patch clean
+    k1 = (one.timestep == 0).sum(1)
+    assert torch.equal(k1 > 0, k0 > 0) and set(k1.tolist()) == {0, 2}
+    half = (draw(context_one_patch=0.5).timestep == 0).sum(1)
+    cont = half[half > 0]
+    assert 0.55 < float((cont == 2).float().mean()) < 0.75  # a half, plus a quarter of the uniform other half
+    assert set(cont.tolist()) == {2, 4, 6, 8}
+    high = draw(context_high_noise=1.0)  # continuation clips near pure noise, the others untouched
+    cont_rows, plain_rows = k0 > 0, k0 == 0
+    sigma = high.timestep.amax(1) / 1000
+    assert torch.equal((high.timestep == 0).sum(1), k0)  # the prefix draws are those of the run without it
+    assert ((sigma[cont_rows] >= 0.95) & (sigma[cont_rows] <= 1.0)).all()
+    assert float(sigma[cont_rows].mean()) > 0.98  # densest at 1: mean 1 - 0.05 / 3
+    assert torch.allclose(high.timestep[plain_rows].double(), base.timestep[plain_rows].double())
+    for b in torch.nonzero(cont_rows).flatten()[:5].tolist():  # x_t noised at that level after the clean prefix
+        k, s = int(k0[b]), float(sigma[b])
+        assert torch.allclose(high.x_t[b, :, k:], (1 - s) * x0[b, :, k:] + s * noise[b, :, k:], atol=1e-5)
+        assert torch.equal(high.x_t[b, :, :k], x0[b, :, :k])
+    # what the default sampling gives instead: almost nothing that close to pure noise
+    assert float((base.timestep.amax(1)[cont_rows] >= 990).float().mean()) < 0.02
+    for name in ("context_one_patch", "context_high_noise"):
+        with pytest.raises(ValueError, match=name):
+            FlowMatching(**{name: 2.0})
+
+
 def test_flow_matching_sigma_sqr_weighting_is_the_x0_error_of_an_x_predictor():
     from veil.pipelines.t2v import XPrediction
 

@@ -156,6 +156,14 @@ class FlowMatching:
             half the clip; the loss skips those frames. With ``context_frames > 0`` every example's timestep is
             per frame, ``[B, T]`` (see :class:`~veil.models.WanDiT`), so the denoiser learns to continue given
             frames that it sees clean, as :func:`veil.diffusion.extend` gives them (``clean_anchors``).
+        context_one_patch: the share of continuation examples whose clean prefix is a single temporal patch (the
+            others draw their length as above): the case of a clip continued from its first patch
+            (``PipelineConfig.staged``).
+        context_high_noise: the share of continuation examples whose noisy frames are drawn near pure noise,
+            ``sigma = 1 - 0.05 u^2`` (``u`` uniform; in [0.95, 1], densest at 1), instead of at the drawn sigma.
+            Down to sigma ~0.99 the noisy frames themselves still show where a clip moves; above, only the
+            caption does, and the usual sigma distributions almost never draw there (logit-normal with shift 5:
+            0.14% of examples at sigma >= 0.99).
         frame_patch: the denoiser's temporal patch: clean prefixes are whole patches.
 
     Raises:
@@ -168,11 +176,15 @@ class FlowMatching:
     logit_std: float = 1.0
     weighting: Literal["none", "sigma_sqr"] = "none"
     context_frames: float = 0.0
+    context_one_patch: float = 0.0
+    context_high_noise: float = 0.0
     frame_patch: int = 1
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.context_frames <= 1.0:
-            raise ValueError(f"context_frames: expected a share in [0, 1], got {self.context_frames!r}")
+        for name in ("context_frames", "context_one_patch", "context_high_noise"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected a share in [0, 1], got {value!r}")
         if isinstance(self.frame_patch, bool) or not isinstance(self.frame_patch, int) or self.frame_patch < 1:
             raise ValueError(f"frame_patch: expected a positive int, got {self.frame_patch!r}")
         if not self.shift > 0:
@@ -236,8 +248,17 @@ class FlowMatching:
         if t % pt or patches < 2:
             raise ValueError(f"x0: continuation needs at least 2 temporal patches of {pt} frames, got {t} frames")
         chosen = (_rand(n, generator) < self.context_frames)[mine]
-        k = ((_rand(n, generator) * (patches // 2)).long() + 1)[mine].clamp_max(patches // 2) * pt  # (B,) frames
-        k = torch.where(chosen, k, torch.zeros_like(k)).to(x0.device)
+        one = (_rand(n, generator) < self.context_one_patch)[mine] if self.context_one_patch > 0 else None
+        k = ((_rand(n, generator) * (patches // 2)).long() + 1)[mine].clamp_max(patches // 2)  # (B,) patches
+        if one is not None:
+            k = torch.where(one, torch.ones_like(k), k)
+        k = torch.where(chosen, k * pt, torch.zeros_like(k)).to(x0.device)  # (B,) frames
+        if self.context_high_noise > 0:  # drawn last: the other draws stay those of a run without it
+            high = (_rand(n, generator) < self.context_high_noise)[mine].to(x0.device) & chosen.to(x0.device)
+            near_one = 1 - 0.05 * _rand(n, generator)[mine].to(x0.device) ** 2  # (B,) float64, in [0.95, 1]
+            sigma = torch.where(high, near_one, sigma)
+            if weight is not None:
+                weight = torch.where(high, near_one**2, weight)
         noisy = (torch.arange(t, device=x0.device)[None] >= k[:, None]).float()  # (B, T)
         per_frame = sigma[:, None] * noisy  # (B, T)
         s = per_frame[:, None, :, None, None].to(x0.dtype)  # (B, 1, T, 1, 1)
