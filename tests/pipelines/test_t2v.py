@@ -110,6 +110,41 @@ def test_any_frame_count_of_whole_temporal_patches_and_clean_anchored_extension(
     assert windows and all(t.shape == (2, 4) and (t[:, :2] == 0).all() and (t[:, 2:] > 0).all() for _, t in windows)
 
 
+def test_staged_sampling_continues_the_first_temporal_patch_clean():
+    cfg = tiny_config(clean_anchors=True, staged=True)  # temporal patch 2, trained length 4
+    calls = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x, t, c, n=None):
+            calls.append((x.clone(), t.clone()))
+            return self.inner(x, t, c, n)
+
+    pipe = TextToVideo(Spy(randomize(cfg.build_model())), PixelCodec(), HashEncoder(), cfg)
+    v = pipe(["a red circle", "a blue box"], seed=1)
+    assert v.shape == (2, 3, 4, 32, 32) and len(calls) == 2 * cfg.steps
+    first, second = calls[: cfg.steps], calls[cfg.steps:]
+    assert all(t.dim() == 1 for _, t in first)  # stage 1: the whole clip at one level
+    # stage 2: the first patch clean at timestep 0 in every step (guided rows too), the rest at the step's level
+    assert all(t.shape == (4, 4) and (t[:, :2] == 0).all() and (t[:, 2:] > 0).all() for _, t in second)
+    anchored = second[0][0][:, :, :2]
+    assert all(torch.equal(x[:, :, :2], anchored) for x, _ in second)
+    assert torch.allclose(v[:, :, :2], anchored[:2].clamp(-1, 1), atol=1e-6)  # the output keeps the first patch
+    one_pass = pipe(["a red circle", "a blue box"], seed=1, staged=False)
+    assert len(calls) == 3 * cfg.steps and not torch.allclose(one_pass, v, atol=1e-3)
+    assert torch.equal(pipe(["a red circle", "a blue box"], seed=1), v)  # deterministic by seed
+    with pytest.raises(ValueError, match="staged: expected no keyframes"):
+        pipe(["a red circle"], keyframes={0: torch.zeros(3, 32, 32)})
+    with pytest.raises(TypeError, match="staged: expected a bool"):
+        pipe(["a red circle"], staged=1)
+    plain = TextToVideo(randomize(tiny_config().build_model()), PixelCodec(), HashEncoder(), tiny_config())
+    with pytest.raises(ValueError, match="not trained for continuation"):
+        plain(["a red circle"], staged=True)
+
+
 def test_extend_and_keyframes():
     pipe = make_pipe()
     key = torch.rand(3, 32, 32) * 2 - 1

@@ -128,6 +128,10 @@ class PipelineConfig:
         clean_anchors: the model was trained for continuation (``FlowMatching.context_frames``): the frames an
             extension window is anchored on are given to it clean, at timestep 0 (see :func:`veil.diffusion.sample`),
             rather than noised to the current level.
+        staged: sample a clip in two stages (needs ``clean_anchors``): the whole clip, then the clip again from new
+            noise as a continuation of the first stage's first temporal patch, which the denoiser sees clean. A clip
+            sampled in one pass takes its direction of motion from the starting noise as much as from the prompt;
+            from a known first patch, the prompt is what tells the motion (twice the sampling time).
         codec: ``{"kind": "pixel"}`` (the model works on pixels) or ``{"kind": "vae", "path": DIR}`` (a diffusers
             ``AutoencoderKL`` saved at ``DIR``, loaded offline; ``"scaling_factor"`` optional): the model works on
             its latents, ``size`` stays the pixel size and the sampled latents take the codec's
@@ -148,6 +152,7 @@ class PipelineConfig:
     prediction: str = "velocity"
     text_norm: bool = False
     clean_anchors: bool = False
+    staged: bool = False
     codec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "pixel"})
 
     def build_codec(self) -> nn.Module:
@@ -338,7 +343,7 @@ class TextToVideo:
     def __call__(self, prompts: str | Sequence[str], negative_prompt: str | Sequence[str] | None = None, *,
                  guidance: float | None = None, steps: int | None = None, seed: int = 0, frames: int | None = None,
                  keyframes: Mapping[int, Tensor] | None = None, extend_to: int | None = None,
-                 progress: bool = False) -> Tensor:
+                 staged: bool | None = None, progress: bool = False) -> Tensor:
         """Generate one video per prompt.
 
         Args:
@@ -353,6 +358,8 @@ class TextToVideo:
             extend_to: extend each video window by window to this many frames (>= T; see
                 :func:`veil.diffusion.extend`), each window anchored on the previous one's last
                 ``config.overlap`` frames.
+            staged: sample in two stages, the second a continuation of the first one's first temporal patch (see
+                ``PipelineConfig.staged``; default the config's). Not with ``keyframes``, which already fix frames.
             progress: show progress bars.
 
         Returns:
@@ -390,6 +397,13 @@ class TextToVideo:
         if extend_to is not None and extend_to > frames and cfg.clean_anchors and cfg.overlap % pt:
             raise ValueError(f"overlap: clean anchors need whole temporal patches of {pt} frames, got "
                              f"{cfg.overlap}")
+        staged = cfg.staged if staged is None else staged
+        if not isinstance(staged, bool):
+            raise TypeError(f"staged: expected a bool, got {staged!r}")
+        if staged and not cfg.clean_anchors:
+            raise ValueError("staged: the model was not trained for continuation (config.clean_anchors is False)")
+        if staged and keyframes:
+            raise ValueError("staged: expected no keyframes (they already fix frames of the clip)")
         anchors = None
         if keyframes:
             anchors = {}
@@ -401,6 +415,10 @@ class TextToVideo:
         kw = dict(guidance_scale=guidance, steps=steps, generator=generator)
         latents = sample(self.model, self.scheduler(), (b, c, frames, h, w), ctx, lengths, neg_ctx, neg_len,
                          keyframes=anchors, progress=progress, **kw)
+        if staged and frames > pt:  # again, as a continuation of the first temporal patch, which it sees clean
+            first = {i: latents[:, :, i] for i in range(pt)}
+            latents = sample(self.model, self.scheduler(), (b, c, frames, h, w), ctx, lengths, neg_ctx, neg_len,
+                             keyframes=first, progress=progress, clean_anchors=True, **kw)
         if extend_to is not None and extend_to > frames:
             latents = extend(self.model, self.scheduler(), latents, ctx, extend_to, frames, cfg.overlap,
                              context_lengths=lengths, negative_context=neg_ctx, negative_lengths=neg_len,
