@@ -31,6 +31,8 @@ def test_load_config_applies_toml_then_overrides(tmp_path):
         load_config("micro-t2v", None, ["steps=fast"])
     with pytest.raises(ValueError, match="preset"):
         load_config("nope")
+    with pytest.raises(ValueError, match=r"staged: .*context_frames > 0"):
+        load_config("micro-t2v", None, ["staged=true"])
 
 
 def test_train_micro_checkpoints_resumes_and_generates(capsys, tmp_path):
@@ -82,10 +84,10 @@ def test_train_for_continuation_on_the_wrap_world_then_generate_and_eval(capsys,
     out, cache = tmp_path / "run", f"cache_dir={tmp_path / 'cache'}"
     assert main(["train", "--preset", "micro-t2v", "--out", str(out), "--no-progress", cache, "steps=2",
                  "patch=[2, 8, 8]", "frames=8", "edges=wrap", "context_frames=0.5", "overlap=4",
-                 'attention=["temporal"]']) == 0
+                 'attention=["temporal"]', "context_one_patch=0.5", "context_high_noise=0.5", "staged=true"]) == 0
     ckpt = str(out / "model.safetensors")
     pipe = TextToVideo.from_checkpoint(ckpt)
-    assert pipe.config.clean_anchors and pipe.config.model["attention"] == ["temporal"]
+    assert pipe.config.clean_anchors and pipe.config.staged and pipe.config.model["attention"] == ["temporal"]
     assert pipe.extra["run"]["t2v_config"]["edges"] == "wrap"
     assert main(["generate", "a red circle moving right", "-o", str(tmp_path / "a.gif"), "--checkpoint", ckpt,
                  "--steps", "1", "--frames", "6", "--extend", "14"]) == 0

@@ -55,6 +55,11 @@ class T2VConfig:
         context_frames: the share of clips trained for continuation (a clean prefix at timestep 0, see
             :class:`~veil.diffusion.FlowMatching`); > 0 also makes extensions give the model their anchored
             frames clean (``PipelineConfig.clean_anchors``).
+        context_one_patch, context_high_noise: of the continuation clips, the share whose clean prefix is one
+            temporal patch and the share whose other frames are drawn near pure noise (see
+            :class:`~veil.diffusion.FlowMatching`): the clips in which only the caption tells where the object goes.
+        staged: sample in two stages, the clip and then its continuation from its first temporal patch
+            (``PipelineConfig.staged``; needs ``context_frames`` > 0).
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
         pooled_text: also condition every block on the mean text embedding (:class:`~veil.models.WanConfig`).
         abs_pos: also add fixed 3D sin-cos positions to the patch tokens (``WanConfig.abs_pos``).
@@ -98,6 +103,9 @@ class T2VConfig:
     edges: str = "inside"
     cross: float = 1.0
     context_frames: float = 0.0
+    context_one_patch: float = 0.0
+    context_high_noise: float = 0.0
+    staged: bool = False
     exclude: list[str] = dataclasses.field(default_factory=lambda: ["blue triangle", "green moving up"])
     text_encoder: str = "minilm"
     cache_dir: str = "~/.cache/veil/text"
@@ -141,6 +149,9 @@ class T2VConfig:
         self.exclude = list(self.exclude)
         if isinstance(self.attention, list):
             self.attention = tuple(self.attention)
+        if self.staged and not self.context_frames > 0:
+            raise ValueError(f"staged: sampling from the first temporal patch needs a model trained for continuation "
+                             f"(context_frames > 0), got context_frames={self.context_frames!r}")
 
     def latent_channels(self) -> int:
         """3 on pixels; the VAE's ``latent_channels`` (from its saved ``config.json``) with ``vae``."""
@@ -164,7 +175,8 @@ class T2VConfig:
                               objective="flow", shift=self.shift, sample_shift=self.sample_shift or None,
                               scheduler=self.scheduler, guidance=self.guidance,
                               steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction,
-                              text_norm=self.text_norm, clean_anchors=self.context_frames > 0, codec=codec)
+                              text_norm=self.text_norm, clean_anchors=self.context_frames > 0, staged=self.staged,
+                              codec=codec)
 
     def train_config(self, out_dir: str | None, resume: str | None, progress: bool = True) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
@@ -183,11 +195,13 @@ def _text_dim(name: str) -> int:
 PRESETS: dict[str, T2VConfig] = {
     # the shipped default: 8 frames in 8x4x4 patches (one token frame), 3500 steps of batch 32 on 2 CPU cores
     "tiny-t2v": T2VConfig(),
-    # 16 frames of 32x32 in 2x8x8 patches (8 token frames) with Latte's spatial / temporal alternation, the wrap
-    # world and continuation training; 2400 steps fit 30 minutes on 2 CPU cores but do not yet follow the motion
-    # words (docs/t2v.md)
-    "tiny-t2v-16f": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, edges="wrap",
-                              cross=0.5, context_frames=0.25, overlap=8, steps=2400),
+    # 16 frames of 32x32 in 2x8x8 patches (8 token frames) with Latte's spatial / temporal alternation and fixed 3D
+    # positions, the wrap world, continuation training in which half the continued clips start from their first
+    # patch and half of them from near pure noise (where only the caption tells the motion), and staged sampling
+    # (docs/t2v.md); 2600 steps fit 30 minutes on 2 CPU cores
+    "tiny-t2v-16f": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, abs_pos=True,
+                              edges="wrap", cross=0.0, context_frames=0.5, context_one_patch=0.5,
+                              context_high_noise=0.5, staged=True, lr_schedule="cosine", overlap=8, steps=2600),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
                            batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=2, sample_steps=2, threads=1),
@@ -394,6 +408,7 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
 
     objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
                              weighting=typing.cast(Any, config.loss_weight), context_frames=config.context_frames,
+                             context_one_patch=config.context_one_patch, context_high_noise=config.context_high_noise,
                              frame_patch=config.patch[0])
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
     # under torchrun with nccl each process trains on its own GPU (init() made it the current device)
