@@ -99,6 +99,8 @@ def test_train_for_continuation_on_the_wrap_world_then_generate_and_eval(capsys,
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["edges"] == "wrap" and report["extension"]["windows"] == 4
     assert report["extension"]["ceiling"]["all"] >= 0.95 and set(report["fidelity"]) == {"generated", "rendered"}
+    assert set(report["sensitivity_continued"]["motion"]) == {"0.8", "0.95", "0.99", "1"}
+    assert "continued from its clean first temporal patch" in (tmp_path / "eval" / "report.md").read_text()
 
 
 def test_train_on_vae_latents_then_generate_pixels(capsys, tmp_path):

@@ -154,3 +154,26 @@ def test_caption_sensitivity_swaps_one_attribute_and_sees_what_the_denoiser_read
                                                                      "a blue triangle moving down",
                                                                      "a yellow circle moving up"]
 
+
+
+def test_caption_sensitivity_of_a_continuation_sees_the_prefix_clean_and_scores_the_rest():
+    class Continuing(ColourDenoiser):  # per-frame timesteps; the clean prefix is returned as it is given
+        def model(self, xt, timestep, context, lengths):
+            self.timesteps.append(timestep.clone())
+            rgb = torch.tensor([COLOURS[c] for c in list(COLOURS)])[context.view(-1).long()]
+            x0_hat = 0.1 * (2 * rgb - 1).view(-1, 3, 1, 1, 1).expand_as(xt)
+            sigma = (timestep / 1000)[:, None, :, None, None]
+            return torch.where(sigma > 0, (xt - x0_hat) / sigma.clamp(min=1e-6), torch.zeros_like(xt))
+
+    pipe = Continuing()
+    pipe.timesteps = []
+    sens = caption_sensitivity(pipe, clips=8, sigmas=(0.9, 1.0), prefix=2)
+    assert all(r > 1.0 for r in sens["colour"].values()) and all(
+        r == 1.0 for a in ("shape", "motion") for r in sens[a].values())
+    t = pipe.timesteps[0]
+    assert t.shape == (8, 8) and (t[:, :2] == 0).all() and torch.allclose(t[:, 2:], torch.tensor(900.0))
+    # the score is over the continued frames only: a prefix the model leaves untouched adds no error
+    plain = caption_sensitivity(ColourDenoiser(), clips=8, sigmas=(0.9,))
+    assert sens["colour"]["0.9"] != plain["colour"]["0.9"]
+    with pytest.raises(ValueError, match=r"prefix: expected an int in \[0, 8\)"):
+        caption_sensitivity(pipe, clips=8, prefix=8)

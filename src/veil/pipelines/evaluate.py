@@ -37,8 +37,9 @@ from veil.data.fidelity import fidelity
 from veil.data.world import RADIUS, check_edges
 from veil.pipelines.media import save_grid
 
-__all__ = ["ATTRIBUTES", "SENSITIVITY_SIGMAS", "caption_sensitivity", "default_prompts", "evaluate",
-           "extension_ceiling", "fidelity_scores", "score_videos", "trained_world", "truth_of", "window_scores"]
+__all__ = ["ATTRIBUTES", "CONTINUED_SIGMAS", "SENSITIVITY_SIGMAS", "caption_sensitivity", "default_prompts",
+           "evaluate", "extension_ceiling", "fidelity_scores", "score_videos", "trained_world", "truth_of",
+           "window_scores"]
 
 ATTRIBUTES = ("colour", "shape", "motion")
 
@@ -179,13 +180,14 @@ def fidelity_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], *, s
 
 
 SENSITIVITY_SIGMAS = (0.5, 0.8, 0.9, 0.95)
+CONTINUED_SIGMAS = (0.8, 0.95, 0.99, 1.0)  # from a clean first patch the motion is decided near pure noise
 _OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 @torch.no_grad()
 def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[float] = SENSITIVITY_SIGMAS,
                         seed: int = 0, edges: str = "inside", radius: tuple[float, float] = RADIUS,
-                        cross: float = 1.0) -> dict[str, dict[str, float]] | None:
+                        cross: float = 1.0, prefix: int = 0) -> dict[str, dict[str, float]] | None:
     """How much the denoiser's clean-clip estimate depends on each attribute of the caption.
 
     ``clips`` world clips of moving objects (colours, shapes and the four directions in turn, drawn as the world
@@ -193,6 +195,11 @@ def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[floa
     sigma noise``, the same noise for every caption), and the model's estimate of the clean clip (``x_t - sigma
     v``) is scored against the clip, once with its canonical caption and once with the caption whose ``colour``,
     ``shape`` or ``motion`` is replaced (the next colour / shape of the vocabulary; the opposite direction).
+
+    With ``prefix`` > 0 (a model trained for continuation, ``PipelineConfig.clean_anchors``) the first ``prefix``
+    latent frames are given clean, at timestep 0 (per-frame timesteps ``[B, T]``), and the error is taken over the
+    other frames: how much the caption decides a clip continued from its first frames, as the second stage of
+    ``PipelineConfig.staged`` sampling and every window of an extension continue.
 
     Returns:
         ``{attribute: {f"{sigma:g}": mse(wrong caption) / mse(true caption)}}``: 1 where the model ignores the
@@ -210,9 +217,15 @@ def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[floa
     x0 = render_many(sample_spec(*t, frames=frames, size=size, rng=rng, edges=edges, radius=radius, cross=cross)
                      for t in triples).to(getattr(pipeline, "device", "cpu"))
     latents = pipeline.codec.encode(x0).float()
+    t = latents.shape[2]
+    if isinstance(prefix, bool) or not isinstance(prefix, int) or not 0 <= prefix < t:
+        raise ValueError(f"prefix: expected an int in [0, {t}) (latent frames), got {prefix!r}")
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(latents.shape, generator=g).to(latents)
-    noised = [(sigma, (1 - sigma) * latents + sigma * noise) for sigma in sigmas]  # shared by every caption set
+    free = (torch.arange(t, device=latents.device) >= prefix).to(latents)  # (T,) 0 on the clean prefix
+    level = free.view(1, 1, t, 1, 1)  # noise level per frame, times sigma
+    # shared by every caption set
+    noised = [(sigma, (1 - sigma * level) * latents + sigma * level * noise) for sigma in sigmas]
 
     def swap(t: tuple[str, str, str], attribute: str) -> tuple[str, str, str]:
         c, s, m = t
@@ -226,8 +239,11 @@ def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[floa
         ctx, lengths = pipeline.encode_prompts(captions)
         out = []
         for sigma, xt in noised:
-            v = pipeline.model(xt, torch.full((clips,), 1000.0 * sigma, device=xt.device), ctx, lengths).float()
-            out.append(float(((xt - sigma * v - latents) ** 2).mean()))
+            timestep = torch.full((clips,), 1000.0 * sigma, device=xt.device)
+            if prefix:
+                timestep = timestep[:, None] * free  # (B, T)
+            v = pipeline.model(xt, timestep, ctx, lengths).float()
+            out.append(float(((xt - sigma * level * v - latents)[:, :, prefix:] ** 2).mean()))
         return out
 
     true = errors([caption(*t) for t in triples])
@@ -272,7 +288,8 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
     Returns:
         The report: ``{"seen": scores, "held_out": scores, "held_out_combinations": {prompt: row},
         "extension": window scores, "fidelity": ..., "sensitivity": ..., "seconds": ...}`` with the scores of
-        :func:`score_videos`, :func:`fidelity_scores` and :func:`caption_sensitivity`.
+        :func:`score_videos`, :func:`fidelity_scores` and :func:`caption_sensitivity` (and, for a model trained for
+        continuation, ``"sensitivity_continued"``: from a clean first temporal patch, at ``CONTINUED_SIGMAS``).
     """
     t0 = time.perf_counter()
     trained = trained_world(pipeline)
@@ -306,6 +323,10 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
         sens = caption_sensitivity(pipeline, seed=seed, edges=edges, radius=radius, cross=cross)
         if sens is not None:
             report["sensitivity"] = sens
+            if getattr(pipeline.config, "clean_anchors", False):  # continued from a clean first temporal patch
+                pt = int(pipeline.config.model.get("patch_size", (1,))[0])
+                report["sensitivity_continued"] = caption_sensitivity(
+                    pipeline, seed=seed, edges=edges, radius=radius, cross=cross, prefix=pt, sigmas=CONTINUED_SIGMAS)
     if held_out:
         report["held_out_combinations"] = {r["prompt"]: {a: r[a] for a in (*ATTRIBUTES, "all")} | {"got": r["got"]}
                                            for r in report["held_out"]["rows"]}
@@ -362,10 +383,14 @@ def markdown(report: dict[str, Any]) -> str:
             m = f[name]
             lines.append(f"| {name} | {m['background']:.4f} | {cell(m, 'square_fill', '.1%')} | "
                          f"{cell(m, 'edge', '.2f')} | {cell(m, 'edges_sharp', '.0%')} |")
-    if "sensitivity" in report:
-        sens = report["sensitivity"]
+    for key, what in (("sensitivity", "Caption sensitivity"),
+                      ("sensitivity_continued", "Caption sensitivity of a clip continued from its clean first "
+                                                "temporal patch")):
+        if key not in report:
+            continue
+        sens = report[key]
         sigmas = list(next(iter(sens.values())))
-        lines += ["", "Caption sensitivity: the denoiser's clean-clip error with one attribute of the caption "
+        lines += ["", f"{what}: the denoiser's clean-clip error with one attribute of the caption "
                   "replaced, over its error with the true caption (1.00: the attribute is ignored).", "",
                   "| attribute | " + " | ".join(f"sigma {s}" for s in sigmas) + " |",
                   "|---|" + "---|" * len(sigmas)]
