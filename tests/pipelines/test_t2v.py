@@ -136,8 +136,11 @@ def test_staged_sampling_continues_the_first_temporal_patch_clean():
     one_pass = pipe(["a red circle", "a blue box"], seed=1, staged=False)
     assert len(calls) == 3 * cfg.steps and not torch.allclose(one_pass, v, atol=1e-3)
     assert torch.equal(pipe(["a red circle", "a blue box"], seed=1), v)  # deterministic by seed
+    calls.clear()
+    pipe(["a red circle"], keyframes={0: torch.zeros(3, 32, 32)})  # keyframes fix frames: one pass
+    assert len(calls) == cfg.steps
     with pytest.raises(ValueError, match="staged: expected no keyframes"):
-        pipe(["a red circle"], keyframes={0: torch.zeros(3, 32, 32)})
+        pipe(["a red circle"], keyframes={0: torch.zeros(3, 32, 32)}, staged=True)
     with pytest.raises(TypeError, match="staged: expected a bool"):
         pipe(["a red circle"], staged=1)
     plain = TextToVideo(randomize(tiny_config().build_model()), PixelCodec(), HashEncoder(), tiny_config())

@@ -29,10 +29,11 @@ from veil.pipelines.codecs import PixelCodec, VAECodec
 from veil.pipelines.media import save_grid, save_video
 from veil.text.weighting import parse_weights
 
-__all__ = ["DEFAULT_CHECKPOINT", "ContextStandardize", "PipelineConfig", "TextToVideo", "XPrediction",
+__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED", "ContextStandardize", "PipelineConfig", "TextToVideo", "XPrediction",
            "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]
 
-DEFAULT_CHECKPOINT = "tiny-t2v.safetensors"  # in the package's veil/assets
+SHIPPED = ("tiny-t2v", "tiny-t2v-16f")  # checkpoints in the package's veil/assets, the default first
+DEFAULT_CHECKPOINT = f"{SHIPPED[0]}.safetensors"
 
 
 class XPrediction(nn.Module):
@@ -213,9 +214,19 @@ def make_text_encoder(name: str = "minilm", cache_dir: str | os.PathLike | None 
     return CachedTextEncoder(enc, cache_dir) if cache_dir is not None else enc
 
 
-def default_checkpoint() -> Path:
-    """The checkpoint shipped in the package (``veil/assets/tiny-t2v.safetensors``)."""
-    return Path(str(resources.files("veil") / "assets" / DEFAULT_CHECKPOINT))
+def default_checkpoint(name: str | None = None) -> Path:
+    """A checkpoint shipped in the package: ``veil/assets/{name}.safetensors``.
+
+    Args:
+        name: one of :data:`SHIPPED` (``"tiny-t2v"``, the default, or ``"tiny-t2v-16f"``); None: the default.
+
+    Raises:
+        ValueError: another name.
+    """
+    name = SHIPPED[0] if name is None else name
+    if name not in SHIPPED:
+        raise ValueError(f"name: expected one of the shipped checkpoints {list(SHIPPED)}, got {name!r}")
+    return Path(str(resources.files("veil") / "assets" / f"{name}.safetensors"))
 
 
 def _untuple(obj: Any) -> Any:  # veil checkpoints write tuples as {"__tuple__": [...]}
@@ -291,14 +302,17 @@ class TextToVideo:
         """Rebuild the pipeline from a veil checkpoint (default: the shipped one), with its EMA weights.
 
         Args:
-            path: the checkpoint; None = :func:`default_checkpoint`.
+            path: the checkpoint file, or the name of a shipped one (``"tiny-t2v-16f"``, see :func:`default_checkpoint`)
+                where no such file exists; None = the default shipped checkpoint.
             cache_dir: a text-embedding cache directory (None: no cache).
             text_encoder: use this encoder instead of building the one the config names.
 
         Raises:
             ValueError: a missing / unreadable file, no pipeline config, or weights that do not fit.
         """
-        path = Path(path) if path is not None else default_checkpoint()
+        if path is None or (str(path) in SHIPPED and not Path(path).exists()):
+            path = default_checkpoint(None if path is None else str(path))
+        path = Path(path)
         config, weights, extra = read_checkpoint(path)
         model = config.build_model()
         missing, unexpected = (sorted(model.state_dict().keys() - weights.keys()),
@@ -359,7 +373,8 @@ class TextToVideo:
                 :func:`veil.diffusion.extend`), each window anchored on the previous one's last
                 ``config.overlap`` frames.
             staged: sample in two stages, the second a continuation of the first one's first temporal patch (see
-                ``PipelineConfig.staged``; default the config's). Not with ``keyframes``, which already fix frames.
+                ``PipelineConfig.staged``; default the config's, and off with ``keyframes``, which already fix
+                frames; True with keyframes is an error).
             progress: show progress bars.
 
         Returns:
@@ -397,7 +412,8 @@ class TextToVideo:
         if extend_to is not None and extend_to > frames and cfg.clean_anchors and cfg.overlap % pt:
             raise ValueError(f"overlap: clean anchors need whole temporal patches of {pt} frames, got "
                              f"{cfg.overlap}")
-        staged = cfg.staged if staged is None else staged
+        if staged is None:  # the config's, except with keyframes, which already fix frames of the clip
+            staged = cfg.staged and not keyframes
         if not isinstance(staged, bool):
             raise TypeError(f"staged: expected a bool, got {staged!r}")
         if staged and not cfg.clean_anchors:
