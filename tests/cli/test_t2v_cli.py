@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 from veil.cli.main import main
 from veil.pipelines import TextToVideo, default_checkpoint
+from veil.pipelines.t2v import SHIPPED
 from veil.training.t2v import load_config
 
 
@@ -70,11 +71,20 @@ def test_train_micro_checkpoints_resumes_and_generates(capsys, tmp_path):
 
 def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
     # the checkpoint ships in the package: a missing asset is a failure, not a skip
-    assert default_checkpoint().is_file(), f"the shipped checkpoint {default_checkpoint()} is missing"
+    for name in SHIPPED:
+        assert default_checkpoint(name).is_file(), f"the shipped checkpoint {default_checkpoint(name)} is missing"
     pipe = TextToVideo.from_checkpoint()
-    assert pipe.extra["run"]["command"].startswith("veil train --preset tiny-t2v")
+    assert pipe.extra["run"]["command"].startswith("veil train --preset tiny-t2v ")
+    assert (pipe.config.frames, pipe.config.model["patch_size"]) == (8, [8, 4, 4])
     video = pipe(["a red circle moving right"], steps=1)
     assert video.shape == (1, 3, pipe.config.frames, pipe.config.size, pipe.config.size)
+    tokens_keep_time = TextToVideo.from_checkpoint("tiny-t2v-16f")  # by name
+    assert tokens_keep_time.extra["run"]["command"].startswith("veil train --preset tiny-t2v-16f")
+    cfg = tokens_keep_time.config
+    assert (cfg.frames, cfg.model["patch_size"], cfg.clean_anchors, cfg.staged) == (16, [2, 8, 8], True, True)
+    assert tokens_keep_time(["a red circle moving right"], steps=1, frames=6).shape == (1, 3, 6, 32, 32)
+    with pytest.raises(ValueError, match="shipped checkpoints"):
+        default_checkpoint("tiny")
     assert main(["demo", "--tiny", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "prompt-following (analyzer): colour" in out and (tmp_path / "grid.gif").is_file()
@@ -128,18 +138,27 @@ def test_train_on_vae_latents_then_generate_pixels(capsys, tmp_path):
     assert exit_info.value.code == 2 and "vae: expected a directory" in capsys.readouterr().err
 
 
-def test_shipped_checkpoint_follows_its_prompts():
-    """Pins the shipped model's prompt-following on the demo's 8 prompts (2 held out of its training) and seed:
-    the analyzer recovers colour, shape and motion of every clip (100% when pinned). A regression fails here."""
-    from veil.cli.demo import PROMPTS
-    from veil.pipelines.evaluate import score_videos, trained_world, truth_of
+# what the shipped checkpoints recover on the demo's 8 prompts, seed 0: clips whose colour / shape / motion / all
+# three the analyzer recovers (tiny-t2v-16f's circles come out square-cornered from its 8x8 patches; docs/t2v.md)
+PINNED = {"tiny-t2v": {"colour": 8, "shape": 8, "motion": 8, "all": 8},
+          "tiny-t2v-16f": {"colour": 8, "shape": 4, "motion": 8, "all": 4}}
 
-    pipe = TextToVideo.from_checkpoint()
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_checkpoint_follows_its_prompts(name):
+    """Pins each shipped model's prompt-following on the demo's 8 prompts (2 held out of its training) and seed: a
+    regression of more than one clip in any attribute fails here (one flip allowed across CPUs' numerics)."""
+    from veil.cli.demo import PROMPTS
+    from veil.pipelines.evaluate import ATTRIBUTES, score_videos, trained_world, truth_of
+
+    pipe = TextToVideo.from_checkpoint(name)
     videos = pipe(PROMPTS, seed=0)
     wrap = trained_world(pipe).get("edges") == "wrap"
-    scores = score_videos(videos, [truth_of(p) for p in PROMPTS], wrap=wrap)
-    wrong = [(p, row["got"]) for p, row in zip(PROMPTS, scores["rows"]) if not row["all"]]
-    assert len(wrong) <= 1, f"prompt-following regressed: {wrong}"  # one flip allowed across CPUs' numerics
+    rows = score_videos(videos, [truth_of(p) for p in PROMPTS], wrap=wrap)["rows"]
+    got = {key: sum(row[key] for row in rows) for key in (*ATTRIBUTES, "all")}
+    wrong = [(p, row["got"]) for p, row in zip(PROMPTS, rows) if not row["all"]]
+    pinned = PINNED[name]
+    assert all(got[key] >= pinned[key] - 1 for key in pinned), f"prompt-following regressed: {got}, {wrong}"
 
 
 def _losses(run_dir) -> dict[int, float]:

@@ -26,7 +26,7 @@ PICTURES = [
 PROMPTS = [
     "a red circle moving right", "a green square moving down", "a yellow triangle moving left",
     "a white circle staying still", "a blue square moving up", "a red triangle moving down",
-    "a blue triangle moving right", "a green circle moving up",  # held out in tiny-t2v's training
+    "a blue triangle moving right", "a green circle moving up",  # held out in the shipped models' training
 ]
 
 

@@ -1,4 +1,4 @@
-"""Training a text-to-video model on the captioned video world: the ``tiny-t2v`` preset and its entry point.
+"""Training a text-to-video model on the captioned video world: the presets and their entry point.
 
 Legend: B batch, C channels, T frames, H W pixels, L text tokens, Dt text width.
 
@@ -193,14 +193,15 @@ def _text_dim(name: str) -> int:
 
 
 PRESETS: dict[str, T2VConfig] = {
-    # the shipped default: 8 frames in 8x4x4 patches (one token frame), 3500 steps of batch 32 on 2 CPU cores
+    # 8 frames in 8x4x4 patches (one token frame: no time axis among the tokens), 3500 steps of batch 32 on 2 CPU
+    # cores; the default, shipped as veil/assets/tiny-t2v.safetensors
     "tiny-t2v": T2VConfig(),
     # 16 frames of 32x32 in 2x8x8 patches (8 token frames) with Latte's spatial / temporal alternation and fixed 3D
     # positions, the wrap world, continuation training in which half the continued clips start from their first
     # patch and half of them from near pure noise (where only the caption tells the motion), and staged sampling
-    # (docs/t2v.md); 2600 steps fit 30 minutes on 2 CPU cores
+    # (docs/t2v.md); 2600 steps fit 30 minutes on 2 CPU cores; shipped as veil/assets/tiny-t2v-16f.safetensors
     "tiny-t2v-16f": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, abs_pos=True,
-                              edges="wrap", cross=0.0, context_frames=0.5, context_one_patch=0.5,
+                              edges="wrap", cross=0.5, context_frames=0.5, context_one_patch=0.5,
                               context_high_noise=0.5, staged=True, lr_schedule="cosine", overlap=8, steps=2600),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
