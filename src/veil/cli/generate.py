@@ -67,4 +67,9 @@ def run(args: argparse.Namespace) -> int:
     if main:
         path = save_video(video[0], args.output)
         print(f"{path}: {video.shape[2]} frames of {video.shape[3]}x{video.shape[4]}")
+    if args.sp is not None and args.sp > 1:
+        # every rank gets here before any closes its connections: a gloo peer that leaves while another's transport
+        # threads still read from it aborts that process
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return 0
