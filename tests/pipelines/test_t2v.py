@@ -13,6 +13,18 @@ from veil.pipelines.media import to_frames
 from veil.training import EMA, save_checkpoint
 
 
+class Spy(torch.nn.Module):
+    """Wraps a denoiser and records each call's input and timesteps in ``calls``."""
+
+    def __init__(self, inner, calls):
+        super().__init__()
+        self.inner, self.calls = inner, calls
+
+    def forward(self, x, t, c, n=None):
+        self.calls.append((x.clone(), t.clone()))
+        return self.inner(x, t, c, n)
+
+
 def make_pipe(prediction="x0", seed=0):
     cfg = tiny_config(prediction)
     return TextToVideo(randomize(cfg.build_model(), seed), PixelCodec(), HashEncoder(), cfg)
@@ -87,17 +99,7 @@ def test_x_prediction_takes_per_frame_timesteps():
 def test_any_frame_count_of_whole_temporal_patches_and_clean_anchored_extension():
     cfg = tiny_config(clean_anchors=True)  # temporal patch 2, trained length 4, overlap 2
     calls = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x, t, c, n=None):
-            calls.append((x.shape[2], t.clone()))
-            return self.inner(x, t, c, n)
-
-    pipe = TextToVideo(Spy(randomize(cfg.build_model())), PixelCodec(), HashEncoder(), cfg)
+    pipe = TextToVideo(Spy(randomize(cfg.build_model()), calls), PixelCodec(), HashEncoder(), cfg)
     assert pipe(["a red circle"], frames=6).shape == (1, 3, 6, 32, 32)
     with pytest.raises(ValueError, match=r"frames: .*temporal patch \(2\), got 5 frames"):
         pipe(["a red circle"], frames=5)
@@ -113,17 +115,7 @@ def test_any_frame_count_of_whole_temporal_patches_and_clean_anchored_extension(
 def test_staged_sampling_continues_the_first_temporal_patch_clean():
     cfg = tiny_config(clean_anchors=True, staged=True)  # temporal patch 2, trained length 4
     calls = []
-
-    class Spy(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x, t, c, n=None):
-            calls.append((x.clone(), t.clone()))
-            return self.inner(x, t, c, n)
-
-    pipe = TextToVideo(Spy(randomize(cfg.build_model())), PixelCodec(), HashEncoder(), cfg)
+    pipe = TextToVideo(Spy(randomize(cfg.build_model()), calls), PixelCodec(), HashEncoder(), cfg)
     v = pipe(["a red circle", "a blue box"], seed=1)
     assert v.shape == (2, 3, 4, 32, 32) and len(calls) == 2 * cfg.steps
     first, second = calls[: cfg.steps], calls[cfg.steps:]
