@@ -10,7 +10,8 @@ import torch
 
 from tests.diffusion.nets import TinyDenoiser
 from veil.diffusion import DDPMObjective, FlowMatching
-from veil.training import TrainConfig, Trainer, collate_text_video, drop_text, train
+from veil.models import WanConfig, WanDiT
+from veil.training import TrainConfig, Trainer, collate_text_video, drop_text, pad_text, text_bucket, train
 from veil.training.loop import _autocast
 
 
@@ -255,3 +256,44 @@ def test_a_model_factory_is_built_from_the_run_seed():
         Trainer(3, FlowMatching(), data, _config())
     with pytest.raises(TypeError, match="model: the factory returned int"):
         Trainer(lambda: 3, FlowMatching(), data, _config())
+
+
+def test_compiled_training_matches_eager_and_checkpoints_the_model_itself(tmp_path):
+    def _plain(seed: int = 0) -> WanDiT:  # no dropout: compiled dropout draws other random numbers
+        torch.manual_seed(seed)
+        return WanDiT(WanConfig(in_channels=4, out_channels=4, patch_size=(1, 1, 1), dim=16, heads=2, num_layers=1,
+                                ffn_dim=24, text_dim=8, freq_dim=16))
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    g = torch.Generator().manual_seed(42)  # text lengths 2-6: the padded length changes from batch to batch
+    data = [{"latents": torch.randn(4, 2, 3, 3, generator=g), "context": torch.randn(2 + i % 5, 8, generator=g)}
+            for i in range(7)]
+    eager = Trainer(_plain(), FlowMatching(shift=3.0), data, _config(steps=4, text_dropout=0.0)).train()
+    run = Trainer(_plain(), FlowMatching(shift=3.0), data,
+                  _config(steps=4, text_dropout=0.0, compile=True, out_dir=str(tmp_path), checkpoint_every=2))
+    assert run.forward_model is not run.model
+    compiled = run.train()
+    assert compiled == pytest.approx(eager, rel=1e-4, abs=1e-6)
+    # the text is padded to 16 tokens: one graph for every length
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1
+    # the checkpoint holds the model's own names (no torch.compile prefix) and resumes in an eager trainer
+    assert all("_orig_mod" not in k for k in run.model.state_dict())
+    resumed = Trainer(_plain(seed=9), FlowMatching(shift=3.0), data,
+                      _config(steps=4, text_dropout=0.0, out_dir=str(tmp_path), resume=str(tmp_path / "checkpoints" /
+                                                                                        "step-00000002.safetensors")))
+    assert resumed.step == 2
+    assert resumed.train() == pytest.approx(eager[2:], rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="compile: expected a bool"):
+        _config(compile="yes")
+
+
+def test_text_buckets_and_padding():
+    assert [text_bucket(n) for n in (0, 1, 16, 17, 32, 33, 512, 513)] == [16, 16, 16, 32, 32, 64, 512, 1024]
+    assert text_bucket(5, smallest=4) == 8
+    ctx = torch.randn(2, 3, 4)
+    out = pad_text(ctx, 5)
+    assert out.shape == (2, 5, 4) and torch.equal(out[:, :3], ctx) and not out[:, 3:].any()
+    assert pad_text(ctx, 3) is ctx
+    with pytest.raises(ValueError, match="length: expected at least the context's 3 tokens, got 2"):
+        pad_text(ctx, 2)

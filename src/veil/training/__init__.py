@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from veil.training.batches import SeededSampler, collate_text_video, drop_text
+from veil.training.batches import SeededSampler, collate_text_video, drop_text, pad_text, text_bucket
 from veil.training.checkpoint import Checkpoint, find_latest, load_checkpoint, save_checkpoint
 from veil.training.ema import EMA
 from veil.training.loop import TrainConfig, Trainer, seed_everything, train
@@ -24,7 +24,9 @@ __all__ = [
     "drop_text",
     "find_latest",
     "load_checkpoint",
+    "pad_text",
     "save_checkpoint",
     "seed_everything",
+    "text_bucket",
     "train",
 ]

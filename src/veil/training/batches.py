@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["SeededSampler", "collate_text_video", "drop_text"]
+__all__ = ["SeededSampler", "collate_text_video", "drop_text", "pad_text", "text_bucket"]
 
 
 class SeededSampler:
@@ -136,3 +136,29 @@ def drop_text(context: Tensor, lengths: Tensor, drop: Tensor, empty: Tensor) -> 
     out[rows] = 0
     out[rows, :l0] = empty.to(out)
     return out, torch.where(drop, torch.full_like(lengths, l0), lengths)
+
+
+def text_bucket(length: int, smallest: int = 16) -> int:
+    """The padded text length for ``length`` tokens: ``smallest``, or the next power of two above it.
+
+    A compiled model with static shapes then builds one graph per bucket (16, 32, 64, ... : six up to 512 tokens)
+    instead of one per padded length.
+    """
+    n = smallest
+    while n < length:
+        n *= 2
+    return n
+
+
+def pad_text(context: Tensor, length: int) -> Tensor:
+    """``context`` [B, L, Dt] padded with zero rows to [B, length, Dt] (the lengths, and so the result, unchanged).
+
+    Raises:
+        ValueError: ``length`` < L.
+    """
+    b, l, dt = context.shape
+    if length < l:
+        raise ValueError(f"length: expected at least the context's {l} tokens, got {length}")
+    if length == l:
+        return context
+    return torch.cat([context, context.new_zeros(b, length - l, dt)], dim=1)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from veil.diffusion.objectives import Objective
-from veil.training.batches import SeededSampler, collate_text_video, drop_text
+from veil.training.batches import SeededSampler, collate_text_video, drop_text, pad_text, text_bucket
 from veil.training.checkpoint import (
     checkpoint_path,
     load_checkpoint,
@@ -78,6 +78,11 @@ class TrainConfig:
         sp: processes per sequence-parallel group (the model's tokens are split across them; 1 = none).
         sp_layout: how the tokens are split: "contiguous" or "zigzag" (balances ring attention under causal
             masks; see :mod:`veil.distributed.comm`).
+        compile: run the training forward (and so its backward) through ``torch.compile`` with static shapes;
+            the weights, checkpoints and EMA are those of the model itself. The text of each batch is padded to
+            16 tokens or the next power of two above (:func:`~veil.training.batches.text_bucket`; the lengths say
+            which tokens are real, so a model that honours them gives the same result), so one graph serves each
+            bucket. The first step of a bucket compiles (about a minute for the presets on a CPU).
 
     Raises:
         ValueError: a field out of range.
@@ -110,6 +115,7 @@ class TrainConfig:
     dp: Literal["ddp", "fsdp"] = "ddp"
     sp: int = 1
     sp_layout: Literal["contiguous", "zigzag"] = "contiguous"
+    compile: bool = False
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "grad_accum", "log_every", "keep_checkpoints"):
@@ -140,6 +146,8 @@ class TrainConfig:
             raise ValueError(f"sp: expected a positive int, got {self.sp!r}")
         if self.sp_layout not in ("contiguous", "zigzag"):
             raise ValueError(f"sp_layout: expected 'contiguous' or 'zigzag', got {self.sp_layout!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile: expected a bool, got {self.compile!r}")
         if self.precision not in ("fp32", "bf16", "fp16"):
             raise ValueError(f"precision: expected 'fp32', 'bf16' or 'fp16', got {self.precision!r}")
         self.betas = tuple(self.betas)  # type: ignore[assignment]
@@ -226,6 +234,9 @@ class Trainer:
         if self.parallel is not None:
             model = wrap(model, self.parallel, self.device)
         self.model = model
+        # what the training forward calls: the model, or its compiled forward (same parameters, same state dict)
+        # (static shapes: dynamic text lengths hit an inductor stride error in the SDPA backward, PyTorch 2.13)
+        self.forward_model: nn.Module = torch.compile(model, dynamic=False) if config.compile else model
         self.objective = objective
         self.dataset = dataset
         self.collate = collate
@@ -347,6 +358,8 @@ class Trainer:
             drop = (torch.rand(total, generator=self.generator) < self.config.text_dropout)[start:start + count]
             empty = self.empty_context if self.empty_context is not None else ctx.new_zeros(0, ctx.shape[2])
             ctx, lengths = drop_text(ctx, lengths, drop, empty)
+        if self.config.compile:
+            ctx = pad_text(ctx, text_bucket(ctx.shape[1]))
         return {"latents": batch["latents"].to(self.device), "context": ctx.to(self.device),
                 "context_lengths": lengths.to(self.device)}
 
@@ -364,7 +377,7 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch = self.next_batch()
             with self.autocast():
-                loss = self.objective.loss(self.model, batch["latents"], batch["context"], batch["context_lengths"],
+                loss = self.objective.loss(self.forward_model, batch["latents"], batch["context"], batch["context_lengths"],
                                            generator=self.generator, rows=rows)
             # a sequence-parallel rank's gradients are its tokens' share: the world average needs them x sp
             scaled = loss * (par.sp if par is not None else 1) / cfg.grad_accum

@@ -76,6 +76,8 @@ class T2VConfig:
             seed, log_every, checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`);
             ``threads``: torch CPU threads (0 = torch's default; 2 on an idle 2-core machine, where the preset steps
             1.8x faster than on one thread; 1 when other jobs share the CPU).
+        compile: compile the training forward with ``torch.compile`` (``TrainConfig.compile``): the preset's steps
+            run ~1.13x faster after about a minute of compiling (docs/t2v.md).
         dp, sp, sp_layout: under ``torchrun``: "ddp" or "fsdp", the processes per sequence-parallel group and how
             they split the tokens (see :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
         data: a folder of captioned clips to train on instead of the world (:class:`~veil.data.VideoFolder`:
@@ -137,6 +139,7 @@ class T2VConfig:
     log_every: int = 25
     checkpoint_every: int = 500
     threads: int = 2
+    compile: bool = False
     dp: str = "ddp"
     sp: int = 1
     sp_layout: str = "contiguous"
@@ -187,7 +190,7 @@ class T2VConfig:
                            grad_clip=self.grad_clip, ema_decay=self.ema_decay, text_dropout=self.text_dropout,
                            weight_decay=self.weight_decay, seed=self.seed, log_every=self.log_every,
                            checkpoint_every=self.checkpoint_every, out_dir=out_dir, resume=resume, progress=progress,
-                           tensorboard=False, dp=typing.cast(Any, self.dp), sp=self.sp,
+                           tensorboard=False, compile=self.compile, dp=typing.cast(Any, self.dp), sp=self.sp,
                            sp_layout=typing.cast(Any, self.sp_layout))
 
 
