@@ -377,8 +377,8 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch = self.next_batch()
             with self.autocast():
-                loss = self.objective.loss(self.forward_model, batch["latents"], batch["context"], batch["context_lengths"],
-                                           generator=self.generator, rows=rows)
+                loss = self.objective.loss(self.forward_model, batch["latents"], batch["context"],
+                                           batch["context_lengths"], generator=self.generator, rows=rows)
             # a sequence-parallel rank's gradients are its tokens' share: the world average needs them x sp
             scaled = loss * (par.sp if par is not None else 1) / cfg.grad_accum
             (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
