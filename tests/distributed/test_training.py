@@ -69,6 +69,17 @@ def test_several_processes_train_with_the_losses_of_one(one_process, tmp_path, n
     assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) <= 1e-4
 
 
+@pytest.mark.parametrize("name, extra", [("ddp", ["dp=ddp"]), ("fsdp", ["dp=fsdp"]), ("sp2", ["sp=2"])])
+def test_compiled_training_on_two_processes_has_the_losses_of_one(one_process, tmp_path, name, extra):
+    ref_run, base = one_process
+    run = tmp_path / name
+    assert vd.spawn(_train, 2, str(run), base + extra + ["compile=true"], timeout=400) == [0, 1]
+    want, got = _losses(ref_run), _losses(run)
+    assert list(got) == list(range(1, STEPS + 1))
+    worst = max(abs(got[s] - want[s]) for s in want)
+    assert worst <= 1e-4, f"{name}: compiled losses differ by {worst}"  # compiled kernels round differently
+
+
 def _children(pid: int) -> list[int]:
     kids = []
     for entry in Path("/proc").iterdir():

@@ -82,7 +82,8 @@ class TrainConfig:
             the weights, checkpoints and EMA are those of the model itself. The text of each batch is padded to
             16 tokens or the next power of two above (:func:`~veil.training.batches.text_bucket`; the lengths say
             which tokens are real, so a model that honours them gives the same result), so one graph serves each
-            bucket. The first step of a bucket compiles (about a minute for the presets on a CPU).
+            bucket. The first step of a bucket compiles (about a minute for the presets on a CPU). Under several
+            processes the DDP- or FSDP-wrapped model is compiled (tested with DDP, FSDP2 and sequence parallelism).
 
     Raises:
         ValueError: a field out of range.
