@@ -419,35 +419,3 @@ def test_abs_pos_adds_the_3d_sincos_table_to_the_patch_tokens():
     assert (got - plain).abs().max() > 1e-3
     with pytest.raises(ValueError, match="abs_pos"):
         WanConfig(dim=4, heads=1, abs_pos=True)  # split (4, 0, 0)
-
-
-def test_refiner_starts_as_the_identity_and_adds_a_per_frame_convolution_of_output_input_and_timestep():
-    ours = WanDiT.from_diffusers(_diffusers()).eval()
-    refined = WanDiT(dataclasses.replace(ours.config, refine_channels=5)).eval()
-    missing, unexpected = refined.load_state_dict(ours.state_dict(), strict=False)
-    assert not unexpected and missing and all(k.startswith("refiner.") for k in missing)
-    x, t, context, lengths = _inputs()
-    per_frame = torch.tensor([[0.0, 250.0, 999.0], [37.0, 0.0, 600.0]])
-    n = x.shape[2] * (x.shape[3] // 2) * (x.shape[4] // 2)
-    per_token = torch.linspace(0, 999, 2 * n).reshape(2, n)
-    with torch.no_grad():
-        for timestep in (t, torch.tensor(500.0), per_frame):  # zero-initialised: the plain model's outputs
-            torch.testing.assert_close(refined(x, timestep, context, lengths), ours(x, timestep, context, lengths))
-        for p in refined.refiner.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-        r = refined.refiner
-        for timestep, plane in ((t, t.view(2, 1, 1, 1, 1).expand(2, 1, *x.shape[2:])),
-                                (per_frame, per_frame.view(2, 1, 3, 1, 1).expand(2, 1, *x.shape[2:])),
-                                # raster order (T, H', W') with 2x2 patches: each token's timestep on its 2x2 pixels
-                                (per_token, per_token.view(2, 1, 3, 4, 1, 4, 1).expand(2, 1, 3, 4, 2, 4, 2)
-                                 .reshape(2, 1, 3, 8, 8))):
-            base = ours(x, timestep, context, lengths)
-            # the oracle: 3D convolutions with 1x3x3 kernels over (output, input, timestep / 1000)
-            y = torch.cat([base, x, plane / 1000], dim=1)
-            for conv, act in ((r.conv_in, True), (r.conv_mid, True), (r.conv_out, False)):
-                y = torch.nn.functional.conv3d(y, conv.weight.unsqueeze(2), conv.bias, padding=(0, 1, 1))
-                y = torch.nn.functional.silu(y) if act else y
-            torch.testing.assert_close(refined(x, timestep, context, lengths), base + y, rtol=1e-4, atol=1e-4)
-    for bad in (-1, 2.5, True):
-        with pytest.raises(ValueError, match="refine_channels"):
-            dataclasses.replace(ours.config, refine_channels=bad)

@@ -47,9 +47,7 @@ from veil.models.wan_config import WAN_PRESETS, AttentionPattern, WanConfig, Wan
 Tensor = torch.Tensor
 Grid = tuple[int, int, int]
 
-__all__ = [
-    "WAN_PRESETS", "AttentionPattern", "OutputRefiner", "TimestepExperts", "WanBlock", "WanConfig", "WanDiT", "WanMoE",
-]
+__all__ = ["WAN_PRESETS", "AttentionPattern", "TimestepExperts", "WanBlock", "WanConfig", "WanDiT", "WanMoE"]
 
 
 def _linear32(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -155,35 +153,6 @@ class WanBlock(nn.Module):
         return gate(x, y, gate2), aux
 
 
-class OutputRefiner(nn.Module):
-    """``WanConfig.refine_channels``: ``out + conv(silu(conv(silu(conv([out, x, t])))))``, per frame, 3x3.
-
-    ``out`` is the head's unpatchified output, ``x`` the model input (both ``[B, C, F, H, W]``), ``t`` the
-    timestep / 1000 as one more channel. The last convolution is zero-initialised: a new refiner is the identity.
-    The frames run as one batch of 2D convolutions in channels-last layout (on CPU 2-3x faster than a Conv3d
-    with a 1x3x3 kernel).
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, width: int):
-        super().__init__()
-        self.conv_in = nn.Conv2d(out_channels + in_channels + 1, width, 3, padding=1)
-        self.conv_mid = nn.Conv2d(width, width, 3, padding=1)
-        self.conv_out = nn.Conv2d(width, out_channels, 3, padding=1)
-        nn.init.zeros_(self.conv_out.weight)
-        nn.init.zeros_(self.conv_out.bias)
-
-    def forward(self, out: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """``t``: the timestep plane, broadcastable to ``[B, 1, F, H, W]``."""
-        b, _, f, h, w = out.shape
-        dtype = self.conv_in.weight.dtype
-        plane = (t.to(dtype) / 1000).expand(b, 1, f, h, w)
-        y = torch.cat([out.to(dtype), x.to(dtype), plane], dim=1)  # (B, C', F, H, W)
-        y = y.transpose(1, 2).reshape(b * f, -1, h, w).contiguous(memory_format=torch.channels_last)
-        y = self.conv_out(F.silu(self.conv_mid(F.silu(self.conv_in(y)))))  # (B*F, C, H, W)
-        y = y.reshape(b, f, -1, h, w).transpose(1, 2)
-        return out + y.to(out.dtype)
-
-
 class WanDiT(SequenceParallelModel, nn.Module):
     """Wan 2.x DiT: latent video ``[B, C, F, H, W]`` + timestep + text embeddings -> ``[B, C_out, F, H, W]``.
 
@@ -211,8 +180,6 @@ class WanDiT(SequenceParallelModel, nn.Module):
         self.norm_out = LayerNorm(e, config.eps, affine=False)
         self.proj_out = nn.Linear(e, config.out_channels * math.prod(p))
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, e) / e**0.5)  # shift, scale of the output head
-        if config.refine_channels:
-            self.refiner = OutputRefiner(config.in_channels, config.out_channels, config.refine_channels)
 
     # -- stages -----------------------------------------------------------------------------------------------
     def patchify(self, x: Tensor) -> tuple[Tensor, Grid]:
@@ -370,23 +337,7 @@ class WanDiT(SequenceParallelModel, nn.Module):
         if lay.tile is not None:
             out = M.from_tile_order(out, grid, lay.tile, dim=1)  # raster order
         out = self.unpatchify(out, grid)
-        if cfg.refine_channels:
-            out = self.refiner(out, x, self._timestep_plane(timestep, x.shape, grid))
         return (out, aux) if return_aux else out
-
-    def _timestep_plane(self, timestep: Tensor, shape: Sequence[int], grid: Grid) -> Tensor:
-        """The timestep of every latent element, broadcastable to ``[B, 1, F, H, W]`` (for the refiner)."""
-        b, f = shape[0], shape[2]
-        t = timestep.float()
-        if t.dim() == 0:
-            return t.view(1, 1, 1, 1, 1)
-        if t.dim() == 1:
-            return t.view(-1, 1, 1, 1, 1)
-        if t.shape[1] == f:  # per frame
-            return t.view(b, 1, f, 1, 1)
-        pt, ph, pw = self.config.patch_size  # per token, raster order
-        t = t.view(b, 1, *grid)
-        return t.repeat_interleave(pt, 2).repeat_interleave(ph, 3).repeat_interleave(pw, 4)
 
     # -- sequence parallelism (enable_sequence_parallel: SequenceParallelModel) --------------------------------
     # Tokens are cut after the patch embedding (in tile order when the model uses it) and gathered after the output

@@ -206,12 +206,6 @@ class WanConfig:
             which RoPE's relative positions only give through boundary effects. Width split ``(E - 4 (E // 6),
             2 (E // 6), 2 (E // 6))`` over (frame, row, column), positions ``0 .. n - 1`` of the patch grid.
             No parameters; not in Wan (False keeps Wan's outputs).
-        refine_channels: width of a small convolutional refiner after the output head (0: none, as in Wan).
-            The linear head draws each patch on its own, so a model with large patches shows seams at the patch
-            borders; the refiner sees the whole output at full resolution, next to the model's input and the
-            timestep, through three per-frame 3x3 convolutions (SiLU between, width ``refine_channels``) and adds
-            their result to the output. Its last convolution starts at zero, so a new model starts as without it
-            (U-ViT's final 3x3 convolution, widened and given the input).
         attention: one pattern for every layer, or one per layer: an :class:`AttentionPattern` or a name
             (``"full"``, ``"spatial"``, ``"temporal"``, ``"frame_causal"``).
         tile_permute: with ``tile_window`` layers, permute the tokens into tile order once per forward (every
@@ -237,7 +231,6 @@ class WanConfig:
     mask_text_padding: bool = True
     pooled_text: bool = False
     abs_pos: bool = False
-    refine_channels: int = 0
     attention: AttentionPattern | str | tuple[AttentionPattern | str, ...] = "full"
     tile_permute: bool = True
     feed_forward: FeedForwardKind | tuple[FeedForwardKind, ...] = "dense"
@@ -253,9 +246,6 @@ class WanConfig:
         if self.abs_pos and any(d <= 0 or d % 2 for d in wan_rope_split(self.dim)):
             raise ValueError(f"abs_pos: the width split {wan_rope_split(self.dim)} of dim={self.dim} must be even and "
                              f"> 0 in every part (a multiple of 12 works)")
-        if isinstance(self.refine_channels, bool) or not isinstance(self.refine_channels, int) or (
-                self.refine_channels < 0):
-            raise ValueError(f"refine_channels: expected an int >= 0, got {self.refine_channels!r}")
         split = wan_rope_split(self.head_dim)
         if any(d <= 0 or d % 2 for d in split):
             raise ValueError(f"heads: head dim {self.head_dim} (dim / heads) gives the RoPE split {split}; every part "

@@ -63,7 +63,6 @@ class T2VConfig:
         text_encoder, cache_dir: "minilm" or a Hugging Face name; the embedding cache directory.
         pooled_text: also condition every block on the mean text embedding (:class:`~veil.models.WanConfig`).
         abs_pos: also add fixed 3D sin-cos positions to the patch tokens (``WanConfig.abs_pos``).
-        refine: width of the convolutional refiner after the output head (``WanConfig.refine_channels``; 0: none).
         text_norm: standardise the text embeddings per feature with the training captions' statistics (see
             :class:`~veil.pipelines.t2v.ContextStandardize`).
         shift, timesteps, loss_weight: flow matching sigma shift, timestep sampling ("logit_normal" or
@@ -118,7 +117,6 @@ class T2VConfig:
     text_norm: bool = True
     pooled_text: bool = False
     abs_pos: bool = False
-    refine: int = 0
     prediction: str = "x0"
     scheduler: str = "flow_euler"
     guidance: float = 4.0
@@ -175,8 +173,7 @@ class T2VConfig:
         model = dict(in_channels=channels, out_channels=channels, patch_size=list(self.patch), dim=self.dim,
                      heads=self.heads, num_layers=self.layers, ffn_dim=self.ffn_dim,
                      text_dim=_text_dim(self.text_encoder), freq_dim=self.freq_dim, pooled_text=self.pooled_text,
-                     attention=self.attention, **({"abs_pos": True} if self.abs_pos else {}),
-                     **({"refine_channels": self.refine} if self.refine else {}))
+                     attention=self.attention, **({"abs_pos": True} if self.abs_pos else {}))
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
                               objective="flow", shift=self.shift, sample_shift=self.sample_shift or None,
                               scheduler=self.scheduler, guidance=self.guidance,
