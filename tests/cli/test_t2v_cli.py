@@ -139,9 +139,9 @@ def test_train_on_vae_latents_then_generate_pixels(capsys, tmp_path):
 
 
 # what the shipped checkpoints recover on the demo's 8 prompts, seed 0: clips whose colour / shape / motion / all
-# three the analyzer recovers (tiny-t2v-16f's circles come out square-cornered from its 8x8 patches; docs/t2v.md)
+# three the analyzer recovers
 PINNED = {"tiny-t2v": {"colour": 8, "shape": 8, "motion": 8, "all": 8},
-          "tiny-t2v-16f": {"colour": 8, "shape": 4, "motion": 8, "all": 4}}
+          "tiny-t2v-16f": {"colour": 8, "shape": 8, "motion": 8, "all": 8}}
 
 
 @pytest.mark.parametrize("name", SHIPPED)

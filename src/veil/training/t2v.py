@@ -75,8 +75,8 @@ class T2VConfig:
             seed, log_every, checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`);
             ``threads``: torch CPU threads (0 = torch's default; 2 on an idle 2-core machine, where the preset steps
             1.8x faster than on one thread; 1 when other jobs share the CPU).
-        compile: compile the training forward with ``torch.compile`` (``TrainConfig.compile``): the preset's steps
-            run ~1.13x faster after about a minute of compiling (docs/t2v.md).
+        compile: compile the training forward with ``torch.compile`` (``TrainConfig.compile``): after about a
+            minute of compiling, the ``tiny-t2v-16f`` steps ran 1.31-1.38x faster side by side (docs/t2v.md).
         dp, sp, sp_layout: under ``torchrun``: "ddp" or "fsdp", the processes per sequence-parallel group and how
             they split the tokens (see :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
         data: a folder of captioned clips to train on instead of the world (:class:`~veil.data.VideoFolder`:
@@ -202,10 +202,11 @@ PRESETS: dict[str, T2VConfig] = {
     # 16 frames of 32x32 in 2x8x8 patches (8 token frames) with Latte's spatial / temporal alternation and fixed 3D
     # positions, the wrap world, continuation training in which half the continued clips start from their first
     # patch and half of them from near pure noise (where only the caption tells the motion), and staged sampling
-    # (docs/t2v.md); 2600 steps fit 30 minutes on 2 CPU cores; shipped as veil/assets/tiny-t2v-16f.safetensors
+    # (docs/t2v.md); compiled, 4400 steps fit 30 minutes on 2 CPU cores; shipped as veil/assets/tiny-t2v-16f.safetensors
     "tiny-t2v-16f": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, abs_pos=True,
                               edges="wrap", cross=0.5, context_frames=0.5, context_one_patch=0.5,
-                              context_high_noise=0.5, staged=True, lr_schedule="cosine", overlap=8, steps=2600),
+                              context_high_noise=0.5, staged=True, lr_schedule="cosine", overlap=8, steps=4400,
+                              compile=True),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
                            batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=2, sample_steps=2, threads=1),
