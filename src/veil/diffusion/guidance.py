@@ -18,7 +18,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["check_context", "expert_index", "guidance_batch", "guidance_scale_for", "parse_guidance_scale"]
+__all__ = [
+    "check_context", "expert_index", "guidance_batch", "guidance_scale_for", "pad_tokens", "parse_guidance_scale",
+]
 
 
 def check_context(context: Tensor, lengths: Tensor | None, *, name: str = "context",
@@ -52,7 +54,8 @@ def check_context(context: Tensor, lengths: Tensor | None, *, name: str = "conte
     return lengths.to(device=context.device, dtype=torch.long)
 
 
-def _pad_tokens(x: Tensor, length: int) -> Tensor:
+def pad_tokens(x: Tensor, length: int) -> Tensor:
+    """``x`` [B, L, Dt] padded with zero rows to [B, length, Dt] (``length`` >= L; ``x`` itself when equal)."""
     if x.shape[1] == length:
         return x
     pad = x.new_zeros(x.shape[0], length - x.shape[1], x.shape[2])
@@ -90,7 +93,7 @@ def guidance_batch(context: Tensor, context_lengths: Tensor, negative_context: T
         negative_context = negative_context.expand(b, -1, -1)
         negative_lengths = negative_lengths.expand(b)
     length = max(context.shape[1], negative_context.shape[1])
-    both = torch.cat([_pad_tokens(context, length), _pad_tokens(negative_context.to(context), length)])  # (2B, L, Dt)
+    both = torch.cat([pad_tokens(context, length), pad_tokens(negative_context.to(context), length)])  # (2B, L, Dt)
     return both, torch.cat([context_lengths, negative_lengths.to(context_lengths.device)])
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from veil.diffusion.guidance import pad_tokens
+
 __all__ = ["SeededSampler", "collate_text_video", "drop_text", "pad_text", "text_bucket"]
 
 
@@ -156,9 +158,6 @@ def pad_text(context: Tensor, length: int) -> Tensor:
     Raises:
         ValueError: ``length`` < L.
     """
-    b, l, dt = context.shape
-    if length < l:
-        raise ValueError(f"length: expected at least the context's {l} tokens, got {length}")
-    if length == l:
-        return context
-    return torch.cat([context, context.new_zeros(b, length - l, dt)], dim=1)
+    if length < context.shape[1]:
+        raise ValueError(f"length: expected at least the context's {context.shape[1]} tokens, got {length}")
+    return pad_tokens(context, length)
