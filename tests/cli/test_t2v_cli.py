@@ -73,16 +73,17 @@ def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
     # the checkpoint ships in the package: a missing asset is a failure, not a skip
     for name in SHIPPED:
         assert default_checkpoint(name).is_file(), f"the shipped checkpoint {default_checkpoint(name)} is missing"
-    pipe = TextToVideo.from_checkpoint()
-    assert pipe.extra["run"]["command"].startswith("veil train --preset tiny-t2v ")
-    assert (pipe.config.frames, pipe.config.model["patch_size"]) == (8, [8, 4, 4])
-    video = pipe(["a red circle moving right"], steps=1)
-    assert video.shape == (1, 3, pipe.config.frames, pipe.config.size, pipe.config.size)
-    tokens_keep_time = TextToVideo.from_checkpoint("tiny-t2v-16f")  # by name
-    assert tokens_keep_time.extra["run"]["command"].startswith("veil train --preset tiny-t2v-16f")
-    cfg = tokens_keep_time.config
+    pipe = TextToVideo.from_checkpoint()  # the default: 16 frames whose tokens keep time
+    assert pipe.extra["run"]["command"].startswith("veil train --preset tiny-t2v-16f ")
+    cfg = pipe.config
     assert (cfg.frames, cfg.model["patch_size"], cfg.clean_anchors, cfg.staged) == (16, [2, 8, 8], True, True)
-    assert tokens_keep_time(["a red circle moving right"], steps=1, frames=6).shape == (1, 3, 6, 32, 32)
+    assert (cfg.scheduler, cfg.guidance) == ("unipc", 2.0)
+    assert pipe(["a red circle moving right"], steps=1, frames=6).shape == (1, 3, 6, 32, 32)
+    one_token_frame = TextToVideo.from_checkpoint("tiny-t2v")  # the earlier default, by name
+    assert one_token_frame.extra["run"]["command"].startswith("veil train --preset tiny-t2v ")
+    assert (one_token_frame.config.frames, one_token_frame.config.model["patch_size"]) == (8, [8, 4, 4])
+    video = one_token_frame(["a red circle moving right"], steps=1)
+    assert video.shape == (1, 3, 8, 32, 32)
     with pytest.raises(ValueError, match="shipped checkpoints"):
         default_checkpoint("tiny")
     assert main(["demo", "--tiny", "--out", str(tmp_path)]) == 0

@@ -18,8 +18,8 @@ def add_parser(sub) -> None:
                                    "clips are drawn next to the world's renders (background residual, square fill, "
                                    "edge rise), measure how much the denoiser depends on each caption attribute, "
                                    "extend some prompts 4x, and write report.json, report.md and GIF grids to --out.")
-    p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v "
-                   "(the default, 8 frames) or tiny-t2v-16f (16 frames whose tokens keep time)")
+    p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v-16f "
+                   "(the default, 16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame)")
     p.add_argument("--prompts", help="a text file, one prompt per line (default: every seen combination)")
     p.add_argument("--out", default="out/eval", help="report directory (default out/eval)")
     p.add_argument("--seed", type=int, default=0)

@@ -25,8 +25,8 @@ def add_parser(sub) -> None:
     p.add_argument("--keyframe", action="append", default=[], metavar="INDEX=IMAGE",
                    help="hold frame INDEX to an image file (resized to the frame size); repeatable")
     p.add_argument("--extend", type=int, metavar="N", help="extend to N frames, window by window")
-    p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v "
-                   "(the default, 8 frames) or tiny-t2v-16f (16 frames whose tokens keep time)")
+    p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v-16f "
+                   "(the default, 16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame)")
     p.add_argument("--sp", type=int, metavar="K",
                    help="sequence-parallel over K processes: launch with 'torchrun --nproc-per-node K -m veil.cli.main "
                         "generate ... --sp K'; rank 0 writes the file")

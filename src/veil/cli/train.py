@@ -15,14 +15,14 @@ from veil.training.t2v import PRESETS, load_config, train_t2v
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("train", help="train a text-to-video model (preset tiny-t2v)",
+    p = sub.add_parser("train", help="train a text-to-video model (preset tiny-t2v-16f)",
                        description="Train a preset on the procedural captioned video world (or --data DIR: a folder "
                                    "of captioned clips); writes checkpoints, "
                                    "metrics.jsonl and model.safetensors (EMA weights) to --out.")
-    p.add_argument("--preset", default="tiny-t2v", choices=sorted(PRESETS),
-                   help="tiny-t2v (the default: 8 frames in 8x4x4 patches, one token frame, ~17 min on 2 CPU cores), "
-                        "tiny-t2v-16f (16 frames in 2x8x8 patches, 8 token frames, ~28 min) or micro-t2v (seconds, "
-                        "for tests)")
+    p.add_argument("--preset", default="tiny-t2v-16f", choices=sorted(PRESETS),
+                   help="tiny-t2v-16f (the default: 16 frames in 2x8x8 patches, 8 token frames, compiled, ~27 min on "
+                        "2 CPU cores), tiny-t2v (8 frames in 8x4x4 patches, one token frame, ~17 min) or micro-t2v "
+                        "(seconds, for tests)")
     p.add_argument("--config", help="a TOML file of fields (top-level keys) applied over the preset")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="fields applied last, e.g. steps=200 lr=5e-4")
     p.add_argument("--exclude", nargs="+", help="held-out combinations, e.g. 'blue triangle' 'green moving up'")

@@ -32,7 +32,7 @@ from veil.text.weighting import parse_weights
 __all__ = ["DEFAULT_CHECKPOINT", "SHIPPED", "ContextStandardize", "PipelineConfig", "TextToVideo", "XPrediction",
            "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]
 
-SHIPPED = ("tiny-t2v", "tiny-t2v-16f")  # checkpoints in the package's veil/assets, the default first
+SHIPPED = ("tiny-t2v-16f", "tiny-t2v")  # checkpoints in the package's veil/assets, the default first
 DEFAULT_CHECKPOINT = f"{SHIPPED[0]}.safetensors"
 
 
@@ -218,7 +218,8 @@ def default_checkpoint(name: str | None = None) -> Path:
     """A checkpoint shipped in the package: ``veil/assets/{name}.safetensors``.
 
     Args:
-        name: one of :data:`SHIPPED` (``"tiny-t2v"``, the default, or ``"tiny-t2v-16f"``); None: the default.
+        name: one of :data:`SHIPPED` (``"tiny-t2v-16f"``, the default: 16 frames whose tokens keep time, or
+            ``"tiny-t2v"``: 8 frames in one token frame); None: the default.
 
     Raises:
         ValueError: another name.
@@ -302,7 +303,7 @@ class TextToVideo:
         """Rebuild the pipeline from a veil checkpoint (default: the shipped one), with its EMA weights.
 
         Args:
-            path: the checkpoint file, or the name of a shipped one (``"tiny-t2v-16f"``, see :func:`default_checkpoint`)
+            path: the checkpoint file, or the name of a shipped one (``"tiny-t2v"``, see :func:`default_checkpoint`)
                 where no such file exists; None = the default shipped checkpoint.
             cache_dir: a text-embedding cache directory (None: no cache).
             text_encoder: use this encoder instead of building the one the config names.

@@ -197,16 +197,17 @@ def _text_dim(name: str) -> int:
 
 PRESETS: dict[str, T2VConfig] = {
     # 8 frames in 8x4x4 patches (one token frame: no time axis among the tokens), 3500 steps of batch 32 on 2 CPU
-    # cores; the default, shipped as veil/assets/tiny-t2v.safetensors
+    # cores; shipped as veil/assets/tiny-t2v.safetensors (the default until tiny-t2v-16f replaced it)
     "tiny-t2v": T2VConfig(),
     # 16 frames of 32x32 in 2x8x8 patches (8 token frames) with Latte's spatial / temporal alternation and fixed 3D
     # positions, the wrap world, continuation training in which half the continued clips start from their first
     # patch and half of them from near pure noise (where only the caption tells the motion), and staged sampling
-    # (docs/t2v.md); compiled, 4400 steps fit 30 minutes on 2 CPU cores; shipped as veil/assets/tiny-t2v-16f.safetensors
+    # (docs/t2v.md); compiled, 4400 steps fit 30 minutes on 2 CPU cores; sampled with UniPC at guidance 2 (chosen
+    # by veil eval on three seeds, docs/t2v.md); the default, shipped as veil/assets/tiny-t2v-16f.safetensors
     "tiny-t2v-16f": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, abs_pos=True,
                               edges="wrap", cross=0.5, context_frames=0.5, context_one_patch=0.5,
                               context_high_noise=0.5, staged=True, lr_schedule="cosine", overlap=8, steps=4400,
-                              compile=True),
+                              compile=True, scheduler="unipc", guidance=2.0),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
                            batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=2, sample_steps=2, threads=1),
@@ -238,7 +239,7 @@ def _parse_value(text: str, like: Any, key: str) -> Any:
     return value
 
 
-def load_config(preset: str = "tiny-t2v", path: str | os.PathLike | None = None,
+def load_config(preset: str = "tiny-t2v-16f", path: str | os.PathLike | None = None,
                 overrides: Sequence[str] = ()) -> T2VConfig:
     """A preset, updated by a TOML file (top-level keys = fields) and then by ``key=value`` overrides.
 
