@@ -77,7 +77,7 @@ def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
     assert pipe.extra["run"]["command"].startswith("veil train --preset tiny-t2v-16f ")
     cfg = pipe.config
     assert (cfg.frames, cfg.model["patch_size"], cfg.clean_anchors, cfg.staged) == (16, [2, 8, 8], True, True)
-    assert (cfg.scheduler, cfg.guidance) == ("unipc", 2.0)
+    assert (cfg.scheduler, cfg.guidance, cfg.guidance_interval) == ("unipc", 4.0, [0.85, 1.0])
     assert pipe(["a red circle moving right"], steps=1, frames=6).shape == (1, 3, 6, 32, 32)
     one_token_frame = TextToVideo.from_checkpoint("tiny-t2v")  # the earlier default, by name
     assert one_token_frame.extra["run"]["command"].startswith("veil train --preset tiny-t2v ")

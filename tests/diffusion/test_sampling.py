@@ -90,6 +90,33 @@ def test_guidance_is_one_batch_with_unequal_lengths_and_equals_separate_calls():
     torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
 
 
+def test_guidance_interval_guides_only_its_noise_levels_and_skips_the_unconditional_rows_elsewhere():
+    torch.manual_seed(0)
+    model = TinyDenoiser()
+    ctx, lengths, neg = _prompts()
+    noise = torch.randn(SHAPE, generator=torch.Generator().manual_seed(3))
+    sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
+    sched.set_timesteps(5)
+    inside = [0.5 <= float(t) / 1000 <= 1.0 for t in sched.timesteps]
+    assert any(inside) and not all(inside)
+    with torch.no_grad():
+        out = sample(model, FlowMatchEulerDiscreteScheduler(shift=3.0), SHAPE, ctx, lengths, neg, torch.tensor([2]),
+                     guidance_scale=3.0, steps=5, latents=noise, progress=False, guidance_interval=(0.5, 1.0))
+        assert model.calls == [(4, 6) if i else (2, 6) for i in inside]  # B rows where unguided
+        want = _manual_guided_euler(model, ctx, lengths, neg, 2, lambda t: 3.0 if t / 1000 >= 0.5 else 1.0, 5, noise)
+        torch.testing.assert_close(out, want, atol=1e-5, rtol=1e-5)
+        every = sample(model, FlowMatchEulerDiscreteScheduler(shift=3.0), SHAPE, ctx, lengths, neg,
+                       torch.tensor([2]), guidance_scale=3.0, steps=5, latents=noise, progress=False,
+                       guidance_interval=(0.0, 1.0))
+        plain = sample(model, FlowMatchEulerDiscreteScheduler(shift=3.0), SHAPE, ctx, lengths, neg,
+                       torch.tensor([2]), guidance_scale=3.0, steps=5, latents=noise, progress=False)
+    torch.testing.assert_close(every, plain, atol=0, rtol=0)
+    for bad in ((0.5, 0.2), (-0.1, 1.0), (0.5, 1.5), (0.5,), "high"):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            sample(model, FlowMatchEulerDiscreteScheduler(shift=3.0), SHAPE, ctx, lengths, guidance_scale=3.0,
+                   steps=2, progress=False, guidance_interval=bad)
+
+
 class TwoExperts(torch.nn.Module):
     """Wan 2.2-style TimestepExperts: the high-noise expert for t >= boundary * 1000."""
 

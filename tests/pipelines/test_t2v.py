@@ -265,8 +265,9 @@ def test_prompt_weighting_scales_the_standardised_embedding_under_text_norm():
 
 
 def test_prompt_weighting_moves_the_shipped_model_s_colour_choice():
-    # "a blue red circle" is ambiguous for the shipped model (20 seeds: 9 red, 4 blue, 7 neither, measured); (red:1.5)
-    # makes red win over blue (11 red, 0 blue) and (red:0) removes red (0 red). One batch of 20 seeds per prompt.
+    # "a blue red circle" names two colours; the shipped model draws blue (20 seeds: 12 blue, 0 red, 8 neither
+    # cleanly, measured); (red:1.5) makes red win (13 red, 0 blue) and (red:0) removes red (20 blue). One batch of 20
+    # seeds per prompt.
     from collections import Counter
 
     from veil.data.analyze import analyze
@@ -279,9 +280,9 @@ def test_prompt_weighting_moves_the_shipped_model_s_colour_choice():
     ambiguous, heavy, zero = (colours(p) for p in ("a blue red circle moving right",
                                                     "a blue (red:1.5) circle moving right",
                                                     "a blue (red:0) circle moving right"))
-    assert ambiguous["blue"] >= 2 and ambiguous["red"] >= 2, ambiguous  # both colours are drawn
-    assert heavy["red"] - heavy["blue"] >= ambiguous["red"] - ambiguous["blue"] + 3, (ambiguous, heavy)
-    assert heavy["blue"] <= 1, heavy
+    assert ambiguous["red"] + ambiguous["blue"] >= 8, ambiguous  # one of the two named colours is drawn
+    assert heavy["red"] - heavy["blue"] >= ambiguous["red"] - ambiguous["blue"] + 10, (ambiguous, heavy)
+    assert heavy["red"] >= 8 and heavy["blue"] <= 1, heavy
     assert zero["red"] == 0, zero
 
 

@@ -39,7 +39,8 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
            negative_context: Tensor | None = None, negative_lengths: Tensor | None = None, *,
            guidance_scale: float | Sequence[float] = 5.0, steps: int = 50, generator: torch.Generator | None = None,
            keyframes: Mapping[int, Tensor] | None = None, progress: bool = True, latents: Tensor | None = None,
-           model_kwargs: Mapping[str, Any] | None = None, clean_anchors: bool = False) -> Tensor:
+           model_kwargs: Mapping[str, Any] | None = None, clean_anchors: bool = False,
+           guidance_interval: Sequence[float] | None = None) -> Tensor:
     """Sample latents [B, C, T, H, W] from a denoiser with a diffusers scheduler.
 
     Args:
@@ -66,18 +67,22 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
         clean_anchors: give the keyframes to the denoiser clean, with per-frame timesteps ``[B, T]`` that are 0
             on them, instead of noised to the current level (for a denoiser trained for continuation, see
             ``FlowMatching.context_frames``; its temporal patches must not straddle anchored and free frames).
+        guidance_interval: ``(lo, hi)``: guide only the steps whose noise level ``timestep / num_train_timesteps``
+            (the sigma of flow matching) lies in ``[lo, hi]``; the other steps run the conditional rows alone
+            (scale 1, half the rows). None: every step (Kynkaenniemi et al. 2024 guide a limited interval).
 
     Returns:
         float32 latents [B, C, T, H, W] on the context's device.
 
     Raises:
-        ValueError: bad shapes, lengths, steps, guidance scales or keyframes.
+        ValueError: bad shapes, lengths, steps, guidance scales, guidance interval or keyframes.
     """
     lengths = check_context(context, context_lengths)
     b, c, t, h, w = _check_shape(shape, context.shape[0])
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     scales = parse_guidance_scale(guidance_scale)
+    interval = _check_interval(guidance_interval)
     given_pair = not isinstance(guidance_scale, (int, float))
     device = context.device
     guided = scales != (1.0, 1.0)
@@ -102,7 +107,7 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
         model.eval()  # no dropout while sampling; the mode is restored below
     try:
         x = _integrate(model, scheduler, steps, noise, ctx, ctx_lengths, anchors, scales, given_pair, guided,
-                       generator, progress, kwargs, clean_anchors and anchors is not None)
+                       generator, progress, kwargs, clean_anchors and anchors is not None, interval)
     finally:
         if was_training:
             model.train()
@@ -114,7 +119,7 @@ def sample(model: Any, scheduler: Any, shape: Sequence[int], context: Tensor, co
 def _integrate(model: Any, scheduler: Any, steps: int, noise: Tensor, ctx: Tensor, ctx_lengths: Tensor,
                anchors: Keyframes | None, scales: tuple[float, float], given_pair: bool, guided: bool,
                generator: torch.Generator | None, progress: bool, kwargs: dict[str, Any],
-               clean: bool = False) -> Tensor:
+               clean: bool = False, interval: tuple[float, float] = (0.0, 1.0)) -> Tensor:
     # the scheduler loop of sample(); ctx holds the conditional rows, then the unconditional ones when guided
     b, device = noise.shape[0], noise.device
     anchor_noise = noise[:, :, anchors.indices] if anchors is not None else None  # (B, C, K, H, W)
@@ -138,13 +143,15 @@ def _integrate(model: Any, scheduler: Any, steps: int, noise: Tensor, ctx: Tenso
             x = anchors.apply(x, anchors.noised(scheduler, anchor_noise, timestep))
         x_in = scale_input(x, timestep) if scale_input is not None else x
         g = guidance_scale_for(model, float(timestep), scales, given_pair=given_pair, num_train_timesteps=num_train)
-        rows = 2 * b if guided else b
-        x_in = torch.cat([x_in, x_in]) if guided else x_in  # (rows, C, T, H, W)
+        guide = guided and interval[0] <= float(timestep) / num_train <= interval[1]
+        rows = 2 * b if guide else b
+        x_in = torch.cat([x_in, x_in]) if guide else x_in  # (rows, C, T, H, W)
         t_in = timestep.to(device=device, dtype=torch.float32).reshape(1).expand(rows)
         if free is not None:
             t_in = t_in[:, None] * free  # (rows, T)
-        pred = prediction_for(model(x_in, t_in, ctx, ctx_lengths, **kwargs), x_in).float()
-        if guided:
+        step_ctx, step_len = (ctx, ctx_lengths) if guide or not guided else (ctx[:b], ctx_lengths[:b])
+        pred = prediction_for(model(x_in, t_in, step_ctx, step_len, **kwargs), x_in).float()
+        if guide:
             cond, uncond = pred.chunk(2)
             pred = uncond + g * (cond - uncond)
         x = scheduler.step(pred, timestep, x, return_dict=False, **step_kwargs)[0].float()
@@ -152,12 +159,22 @@ def _integrate(model: Any, scheduler: Any, steps: int, noise: Tensor, ctx: Tenso
 
 
 @torch.no_grad()
+def _check_interval(interval: Sequence[float] | None) -> tuple[float, float]:
+    if interval is None:
+        return (0.0, 1.0)
+    ok = isinstance(interval, Sequence) and len(interval) == 2 and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+    if not ok or not 0.0 <= interval[0] <= interval[1] <= 1.0:
+        raise ValueError(f"guidance_interval: expected (lo, hi) with 0 <= lo <= hi <= 1, got {interval!r}")
+    return float(interval[0]), float(interval[1])
+
+
 def extend(model: Any, scheduler: Any, video_latents: Tensor, context: Tensor, frames: int, window: int,
            overlap_k: int, *, context_lengths: Tensor | None = None, negative_context: Tensor | None = None,
            negative_lengths: Tensor | None = None, guidance_scale: float | Sequence[float] = 5.0, steps: int = 50,
            generator: torch.Generator | None = None, progress: bool = True, return_windows: bool = False,
-           model_kwargs: Mapping[str, Any] | None = None, clean_anchors: bool = False
-           ) -> Tensor | tuple[Tensor, list[Tensor]]:
+           model_kwargs: Mapping[str, Any] | None = None, clean_anchors: bool = False,
+           guidance_interval: Sequence[float] | None = None) -> Tensor | tuple[Tensor, list[Tensor]]:
     """Extend a video to ``frames`` frames, window after window, each anchored on the previous one's last frames.
 
     Each new window of ``window`` frames is sampled with its first ``overlap_k`` frames anchored
@@ -166,7 +183,7 @@ def extend(model: Any, scheduler: Any, video_latents: Tensor, context: Tensor, f
 
     Args:
         model, scheduler, context, context_lengths, negative_context, negative_lengths, guidance_scale, steps,
-            generator, model_kwargs, clean_anchors: as in :func:`sample`, used for every window.
+            generator, model_kwargs, clean_anchors, guidance_interval: as in :func:`sample`, used for every window.
         video_latents: the video so far [B, C, T0, H, W] with T0 >= overlap_k.
         frames: the requested length, >= T0.
         window: frames per sampled window (the model's trained length).
@@ -203,7 +220,8 @@ def extend(model: Any, scheduler: Any, video_latents: Tensor, context: Tensor, f
         anchors = {i: tail[:, :, i] for i in range(overlap_k)}
         win = sample(model, scheduler, (b, c, window, h, w), context, context_lengths, negative_context,
                      negative_lengths, guidance_scale=guidance_scale, steps=steps, generator=generator,
-                     keyframes=anchors, progress=False, model_kwargs=model_kwargs, clean_anchors=clean_anchors)
+                     keyframes=anchors, progress=False, model_kwargs=model_kwargs, clean_anchors=clean_anchors,
+                     guidance_interval=guidance_interval)
         windows.append(win)
         need = frames - video.shape[2]
         video = torch.cat([video, win[:, :, overlap_k:overlap_k + need]], dim=2)  # (B, C, T', H, W)

@@ -121,6 +121,8 @@ class PipelineConfig:
         sample_shift: the sampler's sigma shift (None: ``shift``); a smaller one spends more steps at low noise.
         scheduler: a :func:`~veil.diffusion.make_scheduler` name.
         guidance, steps: default guidance scale and sampler steps.
+        guidance_interval: ``[lo, hi]``: guide only the steps whose noise level lies in it (see
+            :func:`veil.diffusion.sample`); None: every step.
         overlap: frames each window of an extension is anchored on.
         prediction: what the network outputs: ``"velocity"`` (the objective's target) or ``"x0"`` (wrapped in
             :class:`XPrediction`; flow matching only).
@@ -148,6 +150,7 @@ class PipelineConfig:
     sample_shift: float | None = None
     scheduler: str = "flow_euler"
     guidance: float = 4.0
+    guidance_interval: list[float] | None = None
     steps: int = 20
     overlap: int = 4
     prediction: str = "velocity"
@@ -429,7 +432,7 @@ class TextToVideo:
                 img = img.expand(b, *img.shape) if img.dim() == 3 else img  # (B, C, H, W)
                 anchors[int(i)] = self.codec.encode(img[:, :, None])[:, :, 0]  # (B, C, h, w)
         generator = torch.Generator().manual_seed(int(seed))
-        kw = dict(guidance_scale=guidance, steps=steps, generator=generator)
+        kw = dict(guidance_scale=guidance, steps=steps, generator=generator, guidance_interval=cfg.guidance_interval)
         latents = sample(self.model, self.scheduler(), (b, c, frames, h, w), ctx, lengths, neg_ctx, neg_len,
                          keyframes=anchors, progress=progress, **kw)
         if staged and frames > pt:  # again, as a continuation of the first temporal patch, which it sees clean

@@ -69,8 +69,8 @@ class T2VConfig:
             "uniform") and loss weighting ("none" or "sigma_sqr", see :class:`~veil.diffusion.FlowMatching`).
         prediction: "x0" (the network predicts the clean clip, see :class:`~veil.pipelines.t2v.XPrediction`) or
             "velocity".
-        scheduler, guidance, sample_steps, sample_shift, overlap: sampling defaults stored with the checkpoint
-            (``sample_shift`` 0: the training ``shift``).
+        scheduler, guidance, guidance_interval, sample_steps, sample_shift, overlap: sampling defaults stored with
+            the checkpoint (``sample_shift`` 0: the training ``shift``; ``guidance_interval`` None: guide every step).
         steps, batch_size, lr, warmup_steps, lr_schedule, min_lr, grad_clip, ema_decay, text_dropout, weight_decay,
             seed, log_every, checkpoint_every, threads: training (see :class:`~veil.training.TrainConfig`);
             ``threads``: torch CPU threads (0 = torch's default; 2 on an idle 2-core machine, where the preset steps
@@ -120,6 +120,7 @@ class T2VConfig:
     prediction: str = "x0"
     scheduler: str = "flow_euler"
     guidance: float = 4.0
+    guidance_interval: Any = None
     sample_steps: int = 20
     sample_shift: float = 0.0
     overlap: int = 4
@@ -177,6 +178,7 @@ class T2VConfig:
         return PipelineConfig(model=model, frames=self.frames, size=self.size, text_encoder=self.text_encoder,
                               objective="flow", shift=self.shift, sample_shift=self.sample_shift or None,
                               scheduler=self.scheduler, guidance=self.guidance,
+                              guidance_interval=list(self.guidance_interval) if self.guidance_interval else None,
                               steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction,
                               text_norm=self.text_norm, clean_anchors=self.context_frames > 0, staged=self.staged,
                               codec=codec)
@@ -202,12 +204,13 @@ PRESETS: dict[str, T2VConfig] = {
     # 16 frames of 32x32 in 2x8x8 patches (8 token frames) with Latte's spatial / temporal alternation and fixed 3D
     # positions, the wrap world, continuation training in which half the continued clips start from their first
     # patch and half of them from near pure noise (where only the caption tells the motion), and staged sampling
-    # (docs/t2v.md); compiled, 4400 steps fit 30 minutes on 2 CPU cores; sampled with UniPC at guidance 2 (chosen
-    # by veil eval on three seeds, docs/t2v.md); the default, shipped as veil/assets/tiny-t2v-16f.safetensors
+    # (docs/t2v.md); compiled, 4400 steps fit 30 minutes on 2 CPU cores; sampled with UniPC, guided (scale 4) at noise
+    # levels 0.85-1 only (chosen by veil eval on three seeds, docs/t2v.md); the default, shipped as
+    # veil/assets/tiny-t2v-16f.safetensors
     "tiny-t2v-16f": T2VConfig(patch=(2, 8, 8), frames=16, attention=("spatial", "temporal") * 2, abs_pos=True,
                               edges="wrap", cross=0.5, context_frames=0.5, context_one_patch=0.5,
                               context_high_noise=0.5, staged=True, lr_schedule="cosine", overlap=8, steps=4400,
-                              compile=True, scheduler="unipc", guidance=2.0),
+                              compile=True, scheduler="unipc", guidance_interval=(0.85, 1.0)),
     # tests and smoke runs: a few seconds
     "micro-t2v": T2VConfig(dim=24, heads=2, layers=1, ffn_dim=48, freq_dim=16, patch=(2, 8, 8), samples=8, steps=3,
                            batch_size=2, warmup_steps=0, log_every=1, checkpoint_every=2, sample_steps=2, threads=1),
