@@ -147,6 +147,31 @@ def test_flow_matching_sigma_draws_are_shifted_and_seeded():
     assert abs((ln < torch.sigmoid(torch.tensor(1.0))).double().mean().item() - 0.8413) < 0.01
 
 
+def test_flow_matching_unshifted_share_skips_the_shift_and_adds_no_draw_when_zero():
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(8192, generator=g, dtype=torch.float64)
+    pick = torch.rand(8192, generator=g, dtype=torch.float64) < 0.3
+    got = FlowMatching(shift=5.0, unshifted=0.3).sample_sigma(8192, generator=torch.Generator().manual_seed(0))
+    # the picked draws keep their unshifted value, the others are shifted: computed here by hand
+    torch.testing.assert_close(got, torch.where(pick, u, 5 * u / (1 + 4 * u)).float())
+    assert 0.27 < pick.double().mean().item() < 0.33
+    # with shift 5 almost nothing is drawn below the last level of a 20-step UniPC schedule (0.212); the share
+    # raises that more than tenfold
+    low = FlowMatching(shift=5.0, sampling="logit_normal", unshifted=0.25).sample_sigma(
+        100_000, generator=torch.Generator().manual_seed(1))
+    base = FlowMatching(shift=5.0, sampling="logit_normal").sample_sigma(
+        100_000, generator=torch.Generator().manual_seed(1))
+    assert (base < 0.212).double().mean().item() < 0.003 and (low < 0.212).double().mean().item() > 0.02
+    # 0: the same draws, and so the same generator state afterwards, as a run without the field
+    g0, g1 = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    assert torch.equal(FlowMatching(shift=5.0, unshifted=0.0).sample_sigma(64, generator=g0),
+                       FlowMatching(shift=5.0).sample_sigma(64, generator=g1))
+    assert torch.equal(torch.rand(4, generator=g0), torch.rand(4, generator=g1))
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="unshifted"):
+            FlowMatching(unshifted=bad)
+
+
 def _linear_abar() -> np.ndarray:
     betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
     return np.cumprod(1 - betas)

@@ -67,6 +67,8 @@ class T2VConfig:
             :class:`~veil.pipelines.t2v.ContextStandardize`).
         shift, timesteps, loss_weight: flow matching sigma shift, timestep sampling ("logit_normal" or
             "uniform") and loss weighting ("none" or "sigma_sqr", see :class:`~veil.diffusion.FlowMatching`).
+        unshifted: the share of examples whose sigma skips the shift (``FlowMatching.unshifted``): they train the
+            nearly clean levels at which sampling ends.
         prediction: "x0" (the network predicts the clean clip, see :class:`~veil.pipelines.t2v.XPrediction`) or
             "velocity".
         scheduler, guidance, guidance_interval, sample_steps, sample_shift, overlap: sampling defaults stored with
@@ -77,6 +79,10 @@ class T2VConfig:
             1.8x faster than on one thread; 1 when other jobs share the CPU).
         compile: compile the training forward with ``torch.compile`` (``TrainConfig.compile``): after about a
             minute of compiling, the ``tiny-t2v-16f`` steps ran 1.31-1.38x faster side by side (docs/t2v.md).
+        precision: "fp32", or "bf16" / "fp16" autocast (``TrainConfig.precision``; the weights, the optimizer
+            and the exported checkpoint stay float32, and sampling runs in float32). On a CPU with AMX, bf16
+            matmuls run ~8x faster than float32 ones and the ``tiny-t2v-16f`` step ~1.4x faster (docs/t2v.md); on
+            a CPU without bf16 instructions they are slower.
         dp, sp, sp_layout: under ``torchrun``: "ddp" or "fsdp", the processes per sequence-parallel group and how
             they split the tokens (see :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
         data: a folder of captioned clips to train on instead of the world (:class:`~veil.data.VideoFolder`:
@@ -113,6 +119,7 @@ class T2VConfig:
     cache_dir: str = "~/.cache/veil/text"
     shift: float = 5.0
     timesteps: str = "logit_normal"
+    unshifted: float = 0.0
     loss_weight: str = "none"
     text_norm: bool = True
     pooled_text: bool = False
@@ -139,6 +146,7 @@ class T2VConfig:
     checkpoint_every: int = 500
     threads: int = 2
     compile: bool = False
+    precision: str = "fp32"
     dp: str = "ddp"
     sp: int = 1
     sp_layout: str = "contiguous"
@@ -189,7 +197,8 @@ class T2VConfig:
                            grad_clip=self.grad_clip, ema_decay=self.ema_decay, text_dropout=self.text_dropout,
                            weight_decay=self.weight_decay, seed=self.seed, log_every=self.log_every,
                            checkpoint_every=self.checkpoint_every, out_dir=out_dir, resume=resume, progress=progress,
-                           tensorboard=False, compile=self.compile, dp=typing.cast(Any, self.dp), sp=self.sp,
+                           tensorboard=False, compile=self.compile, precision=typing.cast(Any, self.precision),
+                           dp=typing.cast(Any, self.dp), sp=self.sp,
                            sp_layout=typing.cast(Any, self.sp_layout))
 
 
@@ -416,6 +425,7 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         return model
 
     objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
+                             unshifted=config.unshifted,
                              weighting=typing.cast(Any, config.loss_weight), context_frames=config.context_frames,
                              context_one_patch=config.context_one_patch, context_high_noise=config.context_high_noise,
                              frame_patch=config.patch[0])

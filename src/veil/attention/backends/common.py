@@ -11,6 +11,11 @@ import torch
 import torch.nn.functional as F
 
 Tensor = torch.Tensor
+_REDUCED = frozenset({torch.float16, torch.bfloat16})
+# Up to this many (query, key) pairs per head, bf16 / fp16 attention on CPU runs as math (float32 scores):
+# SDPA's CPU kernel in reduced precision ran forward + backward of 128 queries x 16-32 keys 5-7x slower than
+# the math, and spatial blocks of 16 tokens 6x slower (2 threads, docs/benchmarks.md); at 256 x 256 both are even
+_SMALL_PAIRS = 64 * 64
 
 
 def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
@@ -60,7 +65,12 @@ def _group(allowed: Tensor, hkv: int, g: int) -> Tensor:
 
 def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
                    is_causal: bool = False) -> Tensor:
-    """``F.scaled_dot_product_attention`` with exact handling of rows that see no key."""
+    """``F.scaled_dot_product_attention`` with exact handling of rows that see no key.
+
+    Small problems in bf16 / fp16 on CPU run :func:`math_attention` instead (see ``_SMALL_PAIRS``)."""
+    if (not is_causal and q.device.type == "cpu" and q.dtype in _REDUCED
+            and q.shape[-2] * k.shape[-2] <= _SMALL_PAIRS):
+        return math_attention(q, k, v, allowed, scale, None)
     gqa = q.shape[-3] != k.shape[-3]
     if allowed is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, enable_gqa=gqa)
