@@ -167,7 +167,7 @@ class FlowMatching:
         frame_patch: the denoiser's temporal patch: clean prefixes are whole patches.
         unshifted: the share of examples whose sigma skips the ``shift`` (drawn as ``sampling`` says and used as
             drawn). A large shift draws the nearly clean levels at which sampling ends almost never (logit-normal
-            with shift 5: 0.16% of examples below sigma 0.21, the last level of a 20-step schedule with the same
+            with shift 5: 0.17% of examples below sigma 0.21, the last level of a 20-step schedule with the same
             shift); these examples train them. 0 draws nothing extra: the other draws are those of a run without it.
 
     Raises:

@@ -81,8 +81,8 @@ class T2VConfig:
             minute of compiling, the ``tiny-t2v-16f`` steps ran 1.31-1.38x faster side by side (docs/t2v.md).
         precision: "fp32", or "bf16" / "fp16" autocast (``TrainConfig.precision``; the weights, the optimizer
             and the exported checkpoint stay float32, and sampling runs in float32). On a CPU with AMX, bf16
-            matmuls run ~8x faster than float32 ones and the ``tiny-t2v-16f`` step ~1.4x faster (docs/t2v.md); on
-            a CPU without bf16 instructions they are slower.
+            matmuls run ~9x faster than float32 ones and ``tiny-t2v-16f`` trained 1.2x faster in a full run
+            (docs/benchmarks.md); on a CPU without bf16 instructions they are slower.
         dp, sp, sp_layout: under ``torchrun``: "ddp" or "fsdp", the processes per sequence-parallel group and how
             they split the tokens (see :class:`~veil.training.TrainConfig`); ``batch_size`` is the global batch.
         data: a folder of captioned clips to train on instead of the world (:class:`~veil.data.VideoFolder`:
