@@ -5,6 +5,7 @@ import torch
 
 import veil
 import veil.masks as M
+from veil.attention.backends import common
 from veil.attention.backends.tiles import plan_for, tiles_attention
 
 G = (3, 4, 6)  # T, H, W -> 72 tokens
@@ -77,6 +78,35 @@ def test_reduced_precision_frame_blocks_match_the_reference(mask, dtype):
     for a, b in zip(_grads("reference", mask, q, k, v, g), _grads("tiles", mask, q, k, v, g)):
         assert b.dtype == dtype
         torch.testing.assert_close(b.float(), a.float(), atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("native", [False, True], ids=["emulated", "native"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("backend,mask", [("sdpa", M.causal()), ("sdpa", M.key_padding(torch.tensor([0, 70]))),
+                                          ("tiles", M.sliding_window(16))], ids=["causal", "padded", "window"])
+def test_reduced_precision_sdpa_runs_in_float32_where_the_cpu_lacks_the_dtype(monkeypatch, native, dtype,
+                                                                               backend, mask):
+    # beyond 64 x 64 pairs, bf16 / fp16 on CPU goes to SDPA: in the dtype where oneDNN computes it natively, in
+    # float32 (cast back) where it is emulated; either way the reference's result, and an empty row stays 0
+    seen = []
+    sdpa = common.F.scaled_dot_product_attention
+
+    def spy(q, k, v, **kwargs):
+        seen.append(q.dtype)
+        return sdpa(q, k, v, **kwargs)
+
+    monkeypatch.setattr(common, "_CPU_NATIVE", frozenset({dtype}) if native else frozenset())
+    monkeypatch.setattr(common.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 96, 16).to(dtype).requires_grad_(True) for _ in range(3))
+    g = torch.randn(2, 2, 96, 16).to(dtype)
+    ref, got = _grads("reference", mask, q, k, v, g), _grads(backend, mask, q, k, v, g)
+    assert seen and set(seen) == {dtype if native else torch.float32}
+    for a, b in zip(ref, got):
+        assert b.dtype == dtype
+        torch.testing.assert_close(b.float(), a.float(), atol=2e-2, rtol=2e-2)
+    if isinstance(mask, M.KeyPadding):  # the first sample's keys are all padding
+        assert torch.equal(got[0][0], torch.zeros_like(got[0][0]))
 
 
 def test_empty_rows_are_exactly_zero_with_zero_grad():

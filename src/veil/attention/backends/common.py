@@ -18,6 +18,32 @@ _REDUCED = frozenset({torch.float16, torch.bfloat16})
 _SMALL_PAIRS = 64 * 64
 
 
+def _native_reduced() -> frozenset[torch.dtype]:
+    """The reduced dtypes this CPU computes natively (AVX512-BF16 / AMX / AVX512-FP16), as oneDNN reports them."""
+    try:
+        ops = torch.ops.mkldnn
+        return frozenset(dt for dt, ok in ((torch.bfloat16, ops._is_mkldnn_bf16_supported()),
+                                           (torch.float16, ops._is_mkldnn_fp16_supported())) if ok)
+    except (AttributeError, RuntimeError):  # a build without oneDNN: assume emulation
+        return frozenset()
+
+
+# On a CPU without them (e.g. AVX2 only), SDPA in bf16 / fp16 is emulated: forward + backward ran 3-7x slower than
+# the same call in float32 at 64-1024 tokens (2 threads, docs/benchmarks.md), so those calls run in float32 and cast
+# the output back (the kernel accumulates in float32 either way; the memory stays flat, no score tensor).
+_CPU_NATIVE = _native_reduced()
+
+
+def sdpa(q: Tensor, k: Tensor, v: Tensor, **kwargs) -> Tensor:
+    """``F.scaled_dot_product_attention``, run in float32 for bf16 / fp16 on a CPU that lacks them natively."""
+    if q.device.type == "cpu" and q.dtype in _REDUCED and q.dtype not in _CPU_NATIVE:
+        mask = kwargs.get("attn_mask")
+        if mask is not None and mask.dtype != torch.bool:
+            kwargs["attn_mask"] = mask.float()
+        return F.scaled_dot_product_attention(q.float(), k.float(), v.float(), **kwargs).to(q.dtype)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
 def math_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scale: float,
                    softcap: float | None) -> Tensor:
     """Eager attention; scores, softcap and softmax in float32 (the oracle's numerics)."""
@@ -67,16 +93,17 @@ def sdpa_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None, scal
                    is_causal: bool = False) -> Tensor:
     """``F.scaled_dot_product_attention`` with exact handling of rows that see no key.
 
-    Small problems in bf16 / fp16 on CPU run :func:`math_attention` instead (see ``_SMALL_PAIRS``)."""
+    Small problems in bf16 / fp16 on CPU run :func:`math_attention` instead (see ``_SMALL_PAIRS``), and larger ones
+    run in float32 where the CPU lacks the dtype (see :func:`sdpa`)."""
     if (not is_causal and q.device.type == "cpu" and q.dtype in _REDUCED
             and q.shape[-2] * k.shape[-2] <= _SMALL_PAIRS):
         return math_attention(q, k, v, allowed, scale, None)
     gqa = q.shape[-3] != k.shape[-3]
     if allowed is None:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=is_causal, enable_gqa=gqa)
+        return sdpa(q, k, v, scale=scale, is_causal=is_causal, enable_gqa=gqa)
     row_any = allowed.any(-1, keepdim=True)
     # Open every key to the empty rows (no NaN inside the kernel), then zero those rows: exact 0 out,
     # and since the zeroing multiplies by 0 the gradient through them is 0 too. Done for every mask, not only
     # when a row is empty: asking would read a flag back to the host at every call.
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~row_any, scale=scale, enable_gqa=gqa)
+    out = sdpa(q, k, v, attn_mask=allowed | ~row_any, scale=scale, enable_gqa=gqa)
     return out * row_any.to(out.dtype)

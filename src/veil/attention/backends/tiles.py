@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from veil.attention.backends.common import math_attention, sdpa_attention
+from veil.attention.backends.common import math_attention, sdpa, sdpa_attention
 from veil.attention.backends.workers import parallel_workers, run_jobs
 from veil.attention.registry import Backend, Call, register_backend
 from veil.masks import (
@@ -431,8 +431,7 @@ def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int
         if clean[i]:
             kb = ks.unfold(1, span, bq).permute(1, 0, 3, 2)  # (n, Hkv, span, D): overlapping views
             vb = vs.unfold(1, span, bq).permute(1, 0, 3, 2)
-            ob = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, attn_mask=band_bias, scale=scale,
-                                                                  enable_gqa=gqa)
+            ob = sdpa(qb, kb, vb, attn_mask=band_bias, scale=scale, enable_gqa=gqa)
         else:
             key_abs = torch.tensor(starts[i:i1], device=dev)[:, None] + j  # (n, span)
             valid = (key_abs >= 0) & (key_abs < kv_len)
