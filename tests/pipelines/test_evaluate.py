@@ -12,6 +12,7 @@ from veil.pipelines import PixelCodec
 from veil.pipelines.evaluate import (
     caption_sensitivity,
     default_prompts,
+    denoiser_floor,
     evaluate,
     extension_ceiling,
     fidelity_scores,
@@ -116,7 +117,7 @@ def test_evaluate_a_perfect_pipeline_writes_its_report(tmp_path):
     fid = report["fidelity"]
     assert fid["generated"]["background"] < 1e-3 and fid["rendered"]["edges_sharp"] == 1.0
     assert "| rendered |" in md and report["edges"] == "inside"
-    assert "sensitivity" not in report  # no denoiser to probe
+    assert "sensitivity" not in report and "fidelity_floor" not in report  # no denoiser to probe
 
 
 class ColourDenoiser:
@@ -154,6 +155,30 @@ def test_caption_sensitivity_swaps_one_attribute_and_sees_what_the_denoiser_read
                                                                      "a blue triangle moving down",
                                                                      "a yellow circle moving up"]
 
+
+
+def test_denoiser_floor_measures_the_estimate_from_noised_renders():
+    class Identity(ColourDenoiser):  # velocity 0: the clean-clip estimate is the noised render itself
+        def model(self, xt, timestep, context, lengths):
+            self.timesteps.append(timestep.clone())
+            return torch.zeros_like(xt)
+
+    pipe = Identity()
+    pipe.timesteps = []
+    floor = denoiser_floor(pipe, TRIPLES, sigmas=(0.05, 0.4))
+    assert list(floor) == ["0.05", "0.4", "rendered"]
+    assert pipe.seen == [["a red circle moving left", "a blue square moving up", "a yellow triangle staying still",
+                          "a green square moving down"]]
+    assert [t.tolist() for t in pipe.timesteps] == [[50.0] * 4, [400.0] * 4]
+    low, high, render = floor["0.05"], floor["0.4"], floor["rendered"]
+    assert render["background"] < 1e-3 and render["edges_sharp"] == 1.0
+    # noise left in the estimate: the residual grows with sigma (mean |sigma * noise| / 2 on the 0-1 scale)
+    assert 0.005 < low["background"] < 0.03 < 0.1 < high["background"]
+    with pytest.raises(ValueError, match="sigmas"):
+        denoiser_floor(pipe, TRIPLES, sigmas=(0.0,))
+    with pytest.raises(ValueError, match="truths"):
+        denoiser_floor(pipe, [])
+    assert denoiser_floor(WorldPipeline(), TRIPLES) is None
 
 
 def test_caption_sensitivity_of_a_continuation_sees_the_prefix_clean_and_scores_the_rest():

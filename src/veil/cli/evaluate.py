@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
     p.add_argument("--extend-factor", type=int, default=4, help="extension length in trained lengths (default 4)")
     p.add_argument("--edges", choices=("inside", "wrap"),
                    help="the world's edges (default: the checkpoint's training world)")
-    p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measures")
+    p.add_argument("--no-fidelity", action="store_true", help="skip the fidelity measures (and the denoiser floor)")
     p.add_argument("--no-sensitivity", action="store_true",
                    help="skip the caption sensitivity (the denoiser's error with one caption attribute replaced)")
     p.add_argument("--threads", type=int, default=1,

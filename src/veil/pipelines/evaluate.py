@@ -167,15 +167,64 @@ def fidelity_scores(videos: Tensor, truths: Sequence[tuple[str, str, str]], *, s
     rng = np.random.default_rng([seed, 11])
     renders = render_many(sample_spec(*truth, frames=t, size=h, rng=rng, edges=edges, radius=radius)
                           for truth in truths)
+    return {name: _fidelity_means(clips, truths, edges == "wrap")
+            for name, clips in (("generated", videos), ("rendered", renders))}
+
+
+def _fidelity_means(clips: Tensor, truths: Sequence[tuple[str, str, str]], wrap: bool) -> dict[str, Any]:
+    rows = [fidelity(v, truth[1], wrap=wrap) for v, truth in zip(clips, truths)]
+    fills = [r["fill"] for r in rows if r["fill"] is not None]
+    sharp = [r["edge"] for r in rows if r["edge"] is not None]
+    return {"background": float(np.mean([r["background"] for r in rows])),
+            "square_fill": float(np.mean(fills)) if fills else None,
+            "edge": float(np.mean(sharp)) if sharp else None,
+            "edges_sharp": float(np.mean([e <= 1.5 for e in sharp])) if sharp else None}
+
+
+FLOOR_SIGMAS = (0.05, 0.1, 0.2, 0.4)
+FLOOR_CLIPS = 24  # seen prompts (spread over the list) whose renders :func:`evaluate` gives the denoiser
+
+
+@torch.no_grad()
+def denoiser_floor(pipeline: Any, truths: Sequence[tuple[str, str, str]], *, sigmas: Sequence[float] = FLOOR_SIGMAS,
+                   seed: int = 0, edges: str = "inside", radius: tuple[float, float] = RADIUS,
+                   cross: float = 1.0) -> dict[str, Any] | None:
+    """How cleanly the denoiser draws when it is handed the answer nearly clean: no sampler can do better.
+
+    The world's renders of ``truths`` (drawn as the world draws them: ``edges``, ``radius``, ``cross``) are noised
+    to each ``sigma`` (flow matching: ``(1 - sigma) x0 + sigma noise``, one noise for all levels), the model's
+    clean-clip estimate (``x_t - sigma v``, with the true caption) is decoded, and the three measures of
+    :func:`fidelity_scores` are taken on it. A sampler returns such an estimate at its last noise level, made from
+    its own noisy clip rather than a render's; where even the estimate from a render misses a target at every
+    level, a better sampler is unlikely to reach it and the model itself has to draw more cleanly.
+
+    Returns:
+        ``{f"{sigma:g}": m, "rendered": m}`` with ``m`` as in :func:`fidelity_scores`; None for a pipeline whose
+        objective is not flow matching or that exposes no denoiser (``model``, ``codec``, ``encode_prompts``).
+    """
+    if getattr(pipeline.config, "objective", "flow") != "flow" or not all(
+            hasattr(pipeline, a) for a in ("model", "codec", "encode_prompts")):
+        return None
+    if not truths:
+        raise ValueError("truths: expected at least one (colour, shape, motion) triple, got none")
+    bad = [s for s in sigmas if not 0 < s <= 1]
+    if bad:
+        raise ValueError(f"sigmas: expected noise levels in (0, 1], got {list(sigmas)}")
+    frames, size = pipeline.config.frames, pipeline.config.size
+    rng = np.random.default_rng([seed, 17])
+    x0 = render_many(sample_spec(*t, frames=frames, size=size, rng=rng, edges=edges, radius=radius, cross=cross)
+                     for t in truths).to(getattr(pipeline, "device", "cpu"))
+    latents = pipeline.codec.encode(x0).float()
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(seed)).to(latents)
+    ctx, lengths = pipeline.encode_prompts([caption(*t) for t in truths])
+    wrap = edges == "wrap"
     out: dict[str, Any] = {}
-    for name, clips in (("generated", videos), ("rendered", renders)):
-        rows = [fidelity(v, truth[1], wrap=edges == "wrap") for v, truth in zip(clips, truths)]
-        fills = [r["fill"] for r in rows if r["fill"] is not None]
-        sharp = [r["edge"] for r in rows if r["edge"] is not None]
-        out[name] = {"background": float(np.mean([r["background"] for r in rows])),
-                     "square_fill": float(np.mean(fills)) if fills else None,
-                     "edge": float(np.mean(sharp)) if sharp else None,
-                     "edges_sharp": float(np.mean([e <= 1.5 for e in sharp])) if sharp else None}
+    for sigma in sigmas:
+        xt = (1 - sigma) * latents + sigma * noise
+        timestep = torch.full((len(truths),), 1000.0 * sigma, device=xt.device)
+        v = pipeline.model(xt, timestep, ctx, lengths).float()
+        out[f"{sigma:g}"] = _fidelity_means(pipeline.codec.decode(xt - sigma * v).float().cpu(), truths, wrap)
+    out["rendered"] = _fidelity_means(x0.float().cpu(), truths, wrap)
     return out
 
 
@@ -319,6 +368,10 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
     if measure_fidelity and "seen" in videos:
         report["fidelity"] = fidelity_scores(videos["seen"], [truth_of(p) for p in prompts], seed=seed, edges=edges,
                                              radius=radius)
+        spread = [truth_of(p) for p in prompts[::max(1, len(prompts) // FLOOR_CLIPS)][:FLOOR_CLIPS]]
+        floor = denoiser_floor(pipeline, spread, seed=seed, edges=edges, radius=radius, cross=cross)
+        if floor is not None:
+            report["fidelity_floor"] = floor
     if measure_sensitivity:
         sens = caption_sensitivity(pipeline, seed=seed, edges=edges, radius=radius, cross=cross)
         if sens is not None:
@@ -358,6 +411,10 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
+def _cell(m: dict[str, Any], key: str, fmt: str) -> str:
+    return "-" if m[key] is None else format(m[key], fmt)
+
+
 def markdown(report: dict[str, Any]) -> str:
     """A short markdown summary of :func:`evaluate`'s report."""
     lines = ["# Prompt-following evaluation", "", f"exclude (held out in training): {report.get('exclude')}", "",
@@ -373,16 +430,21 @@ def markdown(report: dict[str, Any]) -> str:
                          f" | {' '.join(str(g) for g in r['got'])} |")
     if "fidelity" in report:
         f = report["fidelity"]
-
-        def cell(m: dict[str, Any], key: str, fmt: str) -> str:
-            return "-" if m[key] is None else format(m[key], fmt)
-
         lines += ["", "| fidelity (seen prompts) | background residual | square fill | edge rise (px) "
                       "| edges <= 1.5 px |", "|---|---|---|---|---|"]
         for name in ("generated", "rendered"):
             m = f[name]
-            lines.append(f"| {name} | {m['background']:.4f} | {cell(m, 'square_fill', '.1%')} | "
-                         f"{cell(m, 'edge', '.2f')} | {cell(m, 'edges_sharp', '.0%')} |")
+            lines.append(f"| {name} | {m['background']:.4f} | {_cell(m, 'square_fill', '.1%')} | "
+                         f"{_cell(m, 'edge', '.2f')} | {_cell(m, 'edges_sharp', '.0%')} |")
+    if "fidelity_floor" in report:
+        lines += ["", "Denoiser floor: the same measures of the denoiser's clean-clip estimate (true caption) from "
+                  "the world's renders noised to sigma: how cleanly it draws when handed the answer.", "",
+                  "| from a render at | background residual | square fill | edge rise (px) | edges <= 1.5 px |",
+                  "|---|---|---|---|---|"]
+        for name, m in report["fidelity_floor"].items():
+            label = "the render itself" if name == "rendered" else f"sigma {name}"
+            lines.append(f"| {label} | {m['background']:.4f} | {_cell(m, 'square_fill', '.1%')} | "
+                         f"{_cell(m, 'edge', '.2f')} | {_cell(m, 'edges_sharp', '.0%')} |")
     for key, what in (("sensitivity", "Caption sensitivity"),
                       ("sensitivity_continued", "Caption sensitivity of a clip continued from its clean first "
                                                 "temporal patch")):
