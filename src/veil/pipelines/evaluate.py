@@ -181,6 +181,12 @@ def _fidelity_means(clips: Tensor, truths: Sequence[tuple[str, str, str]], wrap:
             "edges_sharp": float(np.mean([e <= 1.5 for e in sharp])) if sharp else None}
 
 
+def _has_denoiser(pipeline: Any) -> bool:
+    """A flow-matching pipeline that exposes its denoiser (``model``, ``codec``, ``encode_prompts``)."""
+    return getattr(pipeline.config, "objective", "flow") == "flow" and all(
+        hasattr(pipeline, a) for a in ("model", "codec", "encode_prompts"))
+
+
 FLOOR_SIGMAS = (0.05, 0.1, 0.2, 0.4)
 FLOOR_CLIPS = 24  # seen prompts (spread over the list) whose renders :func:`evaluate` gives the denoiser
 
@@ -189,7 +195,7 @@ FLOOR_CLIPS = 24  # seen prompts (spread over the list) whose renders :func:`eva
 def denoiser_floor(pipeline: Any, truths: Sequence[tuple[str, str, str]], *, sigmas: Sequence[float] = FLOOR_SIGMAS,
                    seed: int = 0, edges: str = "inside", radius: tuple[float, float] = RADIUS,
                    cross: float = 1.0) -> dict[str, Any] | None:
-    """How cleanly the denoiser draws when it is handed the answer nearly clean: no sampler can do better.
+    """How cleanly the denoiser draws when it is handed the answer nearly clean.
 
     The world's renders of ``truths`` (drawn as the world draws them: ``edges``, ``radius``, ``cross``) are noised
     to each ``sigma`` (flow matching: ``(1 - sigma) x0 + sigma noise``, one noise for all levels), the model's
@@ -202,8 +208,7 @@ def denoiser_floor(pipeline: Any, truths: Sequence[tuple[str, str, str]], *, sig
         ``{f"{sigma:g}": m, "rendered": m}`` with ``m`` as in :func:`fidelity_scores`; None for a pipeline whose
         objective is not flow matching or that exposes no denoiser (``model``, ``codec``, ``encode_prompts``).
     """
-    if getattr(pipeline.config, "objective", "flow") != "flow" or not all(
-            hasattr(pipeline, a) for a in ("model", "codec", "encode_prompts")):
+    if not _has_denoiser(pipeline):
         return None
     if not truths:
         raise ValueError("truths: expected at least one (colour, shape, motion) triple, got none")
@@ -255,8 +260,7 @@ def caption_sensitivity(pipeline: Any, *, clips: int = 48, sigmas: Sequence[floa
         attribute; None for a pipeline whose objective is not flow matching or that exposes no denoiser
         (``model``, ``codec``, ``encode_prompts``).
     """
-    if getattr(pipeline.config, "objective", "flow") != "flow" or not all(
-            hasattr(pipeline, a) for a in ("model", "codec", "encode_prompts")):
+    if not _has_denoiser(pipeline):
         return None
     frames, size = pipeline.config.frames, pipeline.config.size
     rng = np.random.default_rng([seed, 13])
@@ -411,8 +415,12 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _cell(m: dict[str, Any], key: str, fmt: str) -> str:
-    return "-" if m[key] is None else format(m[key], fmt)
+def _fidelity_row(label: str, m: dict[str, Any]) -> str:
+    def cell(key: str, fmt: str) -> str:
+        return "-" if m[key] is None else format(m[key], fmt)
+
+    return (f"| {label} | {m['background']:.4f} | {cell('square_fill', '.1%')} | {cell('edge', '.2f')} | "
+            f"{cell('edges_sharp', '.0%')} |")
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -432,19 +440,14 @@ def markdown(report: dict[str, Any]) -> str:
         f = report["fidelity"]
         lines += ["", "| fidelity (seen prompts) | background residual | square fill | edge rise (px) "
                       "| edges <= 1.5 px |", "|---|---|---|---|---|"]
-        for name in ("generated", "rendered"):
-            m = f[name]
-            lines.append(f"| {name} | {m['background']:.4f} | {_cell(m, 'square_fill', '.1%')} | "
-                         f"{_cell(m, 'edge', '.2f')} | {_cell(m, 'edges_sharp', '.0%')} |")
+        lines += [_fidelity_row(name, f[name]) for name in ("generated", "rendered")]
     if "fidelity_floor" in report:
         lines += ["", "Denoiser floor: the same measures of the denoiser's clean-clip estimate (true caption) from "
                   "the world's renders noised to sigma: how cleanly it draws when handed the answer.", "",
                   "| from a render at | background residual | square fill | edge rise (px) | edges <= 1.5 px |",
                   "|---|---|---|---|---|"]
-        for name, m in report["fidelity_floor"].items():
-            label = "the render itself" if name == "rendered" else f"sigma {name}"
-            lines.append(f"| {label} | {m['background']:.4f} | {_cell(m, 'square_fill', '.1%')} | "
-                         f"{_cell(m, 'edge', '.2f')} | {_cell(m, 'edges_sharp', '.0%')} |")
+        lines += [_fidelity_row("the render itself" if name == "rendered" else f"sigma {name}", m)
+                  for name, m in report["fidelity_floor"].items()]
     for key, what in (("sensitivity", "Caption sensitivity"),
                       ("sensitivity_continued", "Caption sensitivity of a clip continued from its clean first "
                                                 "temporal patch")):
