@@ -644,12 +644,18 @@ def _cost(call: Call) -> float:
     per_pair = call.batch * call.q_heads * (call.head_dim + 8)
     # small dense problems run a little less efficiently than one large one; gathers are memory traffic
     overhead = 1.25 if call.softcap is None else 3.0
-    if isinstance(plan.local, Radial):
-        # a radial block gathers one band per key frame (thousands of keys) and evaluates the table predicate on
-        # every gathered pair; measured at 16x32x32 (2 cores): 1.3x the time of sdpa's masked call on 0.75 of its
-        # pairs with the default bands, so its pairs cost 1.6x a window's
-        overhead *= 1.6
-    gather = call.batch * call.kv_heads * plan.num_blocks * plan.bk * call.head_dim * 8
+    # Per key element a block reads: 8 where the blocks are views (sliding_window's clean blocks, folds). Where
+    # they are gathered (every other plan), 96: fitted by least squares to forward and forward + backward times
+    # of window_3d on 8x4x4 to 8x16x16 grids at batch 1-8 (2 cores), it covers the index_select, its scatter in
+    # the backward and the per-block work of SDPA on short query blocks. With it auto keeps sdpa where a window
+    # covers a third of a small grid (8x4x4: tiles took 1.2-1.6x sdpa's time) and tiles where it skips most
+    # pairs (8x16x16: 0.12-0.29x). The same weight accounts for radial bands of thousands of gathered keys per
+    # block: at 16x32x32 it predicts tiles / sdpa at 1.29 and 0.96 for the default and a narrow radial mask,
+    # measured 1.33 and 1.01.
+    viewed = (isinstance(call.mask, SlidingWindow) and call.softcap is None) or (
+        type(call.mask) in _FOLDS and plan.exact)
+    per_key = 8 if viewed else 96
+    gather = call.batch * call.kv_heads * plan.num_blocks * plan.bk * call.head_dim * per_key
     return overhead * plan.pairs() * per_pair + gather + 2e5 * plan.num_blocks / max(1, plan.bq)
 
 
