@@ -166,13 +166,13 @@ def test_fused_cpu_kernel_and_the_row_blocked_math_agree(name, monkeypatch):
     region = M.region(mask, q_start=0, kv_start=4, q_len=L, kv_len=L) if mask is not None else None
     q, k, v = (t.detach() for t in _inputs(dv=8))
     k, v = k[:, :, 4:], v[:, :, 4:]  # a key block: some rows see none of it
-    assert partials._fused(q, v, None)
+    assert partials.fused_cpu(q, v, None)
     got = partials.partial_attention(q, k, v, region, 0.3)
     g = torch.Generator().manual_seed(5)
     dout = torch.randn(got[0].shape, generator=g)
     got_grads = partials.partial_grads(q, k, v, region, 0.3, None, got[0], got[1], dout, None)
-    monkeypatch.setattr(partials, "_CPU_FLASH", None)
-    assert not partials._fused(q, v, None)
+    monkeypatch.setattr(partials, "CPU_FLASH", None)
+    assert not partials.fused_cpu(q, v, None)
     want = partials.partial_attention(q, k, v, region, 0.3)
     want_grads = partials.partial_grads(q, k, v, region, 0.3, None, want[0], want[1], dout, None)
     assert torch.allclose(got[0], want[0], atol=1e-6)

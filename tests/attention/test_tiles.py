@@ -34,6 +34,11 @@ CASES = [
     (M.per_head([M.spatial(G), M.frame_causal(G)] * 2) & M.key_padding(torch.tensor([40, 72])), 72, 72),
     ((M.sink(4) | M.sliding_window(8)) & M.causal(), 45, 45),
     ((M.sliding_window(8) | M.sink(3)) & M.causal(), 6, 45),  # decoding against a cache
+    ((M.sink(20) | M.sliding_window(6)) & M.causal(), 45, 45),  # more sinks than the window
+    (M.sink(3) | M.sliding_window(8), 45, 45),  # no causal conjunct: early queries see later sink keys
+    ((M.sink(2) | M.sliding_window(1)) & M.causal(), 37, 37),  # a window of the query alone
+    ((M.sink(4) | M.sliding_window(100)) & M.causal(), 45, 45),  # a window longer than the sequence
+    ((M.sink(0) | M.sliding_window(8)) & M.causal(), 45, 45),
 ]
 
 
@@ -51,6 +56,51 @@ def test_tiles_matches_reference_forward_and_backward(mask, Q, K):
     g = torch.randn(2, 4, Q, 8)
     for a, b in zip(_grads("reference", mask, q, k, v, g), _grads("tiles", mask, q, k, v, g)):
         torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype,extra,fast", [
+    (torch.float32, None, True),
+    (torch.float64, None, False),  # no fused CPU kernel with a log-sum-exp: the general gathered path
+    (torch.float32, M.key_padding(torch.tensor([30, 45])), False),  # another conjunct: the general path
+])
+def test_sink_and_window_run_as_two_merged_parts_where_the_fused_kernel_serves(monkeypatch, dtype, extra, fast):
+    from veil.attention.backends import tiles
+
+    calls = []
+    real = tiles._sink_window_fast
+    monkeypatch.setattr(tiles, "_sink_window_fast", lambda *a: calls.append(1) or real(*a))
+    mask = (M.sink(4) | M.sliding_window(8)) & M.causal()
+    mask = mask if extra is None else mask & extra
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 45, 8, dtype=dtype, requires_grad=True)
+    k = torch.randn(2, 2, 45, 8, dtype=dtype, requires_grad=True)
+    v = torch.randn(2, 2, 45, 8, dtype=dtype, requires_grad=True)
+    g = torch.randn(2, 4, 45, 8, dtype=dtype)
+    for a, b in zip(_grads("reference", mask, q, k, v, g), _grads("tiles", mask, q, k, v, g)):
+        torch.testing.assert_close(b, a, atol=2e-5, rtol=1e-4)
+    assert bool(calls) == fast
+
+
+def test_sliding_window_backward_from_the_saved_lse_matches_the_recomputing_one(monkeypatch):
+    from veil.attention import partials
+    from veil.attention.backends import tiles
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 300, 16, requires_grad=True)
+    k = torch.randn(2, 2, 300, 16, requires_grad=True)
+    v = torch.randn(2, 2, 300, 16, requires_grad=True)
+    g = torch.randn(2, 4, 300, 16)
+    used = []
+    real = tiles._SlidingWindowFn.apply
+    monkeypatch.setattr(tiles._SlidingWindowFn, "apply", lambda *a: used.append(1) or real(*a))
+    fast = _grads("tiles", M.sliding_window(64), q, k, v, g)
+    assert not used  # float32 on the CPU: the fused kernel's lse is kept for the backward
+    monkeypatch.setattr(tiles, "fused_cpu", lambda *a: False)
+    recomputed = _grads("tiles", M.sliding_window(64), q, k, v, g)
+    assert used  # without it the backward recomputes each group's forward
+    for a, b in zip(recomputed, fast):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+    assert partials.fused_cpu(q, v, None)
 
 
 def test_tiles_softcap_and_small_groups_with_checkpointing():

@@ -81,12 +81,12 @@ def _finite(lse: Tensor) -> Tensor:
 # PyTorch's fused CPU attention kernel returns the log-sum-exp, and its backward takes a given out and lse:
 # exactly what a partial result over one key set needs (the ring's steps). Used for float32 on the CPU with equal
 # q / v head dims and no softcap; everything else runs the row-blocked math below.
-_CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
-_CPU_FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
+CPU_FLASH = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+CPU_FLASH_BWD = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward", None)
 
 
-def _fused(q: Tensor, v: Tensor, softcap: float | None) -> bool:
-    return (_CPU_FLASH is not None and _CPU_FLASH_BWD is not None and q.device.type == "cpu"
+def fused_cpu(q: Tensor, v: Tensor, softcap: float | None) -> bool:
+    return (CPU_FLASH is not None and CPU_FLASH_BWD is not None and q.device.type == "cpu"
             and q.dtype == torch.float32 and v.dtype == torch.float32 and q.shape[-1] == v.shape[-1]
             and softcap is None)
 
@@ -115,7 +115,7 @@ def _fused_forward(q, k, v, mask, scale, out, lse) -> None:
     for q0 in range(0, qn, step):
         q1 = min(qn, q0 + step)
         bias, seen = _bias_rows(mask, b, hq, qn, kn, q0, q1, q.device)
-        o, s = _CPU_FLASH(q[:, :, q0:q1], ke, ve, 0.0, False, attn_mask=bias, scale=scale)
+        o, s = CPU_FLASH(q[:, :, q0:q1], ke, ve, 0.0, False, attn_mask=bias, scale=scale)
         if seen is not None:  # rows with no key: the kernel writes 0 to out; their lse is -inf
             o = o * seen.unsqueeze(-1)
             s = torch.where(seen, s, torch.full((), float("-inf"), device=s.device))
@@ -137,7 +137,7 @@ def _fused_grads(q, k, v, mask, scale, out, lse, grad_out) -> tuple[Tensor, Tens
     for q0 in range(0, qn, step):
         q1 = min(qn, q0 + step)
         bias, _ = _bias_rows(mask, b, hq, qn, kn, q0, q1, q.device)
-        gq, gk, gv = _CPU_FLASH_BWD(grad_out[:, :, q0:q1].contiguous(), q[:, :, q0:q1], ke, ve,
+        gq, gk, gv = CPU_FLASH_BWD(grad_out[:, :, q0:q1].contiguous(), q[:, :, q0:q1], ke, ve,
                                     out[:, :, q0:q1].contiguous(), safe_lse[:, :, q0:q1].contiguous(), 0.0, False,
                                     attn_mask=bias, scale=scale)
         dq[:, :, q0:q1] = gq
@@ -162,7 +162,7 @@ def partial_attention(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale:
     lse = torch.empty(b, hq, qn, dtype=torch.float32, device=q.device)
     if qn == 0:
         return out, lse
-    if kn and _fused(q, v, softcap):
+    if kn and fused_cpu(q, v, softcap):
         with torch.no_grad():
             _fused_forward(q, k, v, mask, scale, out, lse)
         return out, lse
@@ -192,7 +192,7 @@ def partial_grads(q: Tensor, k: Tensor, v: Tensor, mask: Mask | None, scale: flo
     b, hq, qn, _ = q.shape
     hkv, kn = k.shape[1], k.shape[2]
     g = hq // hkv
-    if grad_out is not None and grad_lse is None and qn and kn and _fused(q, v, softcap):
+    if grad_out is not None and grad_lse is None and qn and kn and fused_cpu(q, v, softcap):
         with torch.no_grad():
             return _fused_grads(q, k, v, mask, scale, out, lse, grad_out)
     dq = torch.zeros(q.shape, dtype=torch.float32, device=q.device)

@@ -25,8 +25,10 @@ from torch.utils.checkpoint import checkpoint
 
 from veil.attention.backends.common import math_attention, sdpa, sdpa_attention
 from veil.attention.backends.workers import parallel_workers, run_jobs
+from veil.attention.partials import CPU_FLASH, CPU_FLASH_BWD, fused_cpu
 from veil.attention.registry import Backend, Call, register_backend
 from veil.masks import (
+    Causal,
     Chunked,
     Context,
     FrameCausal,
@@ -374,7 +376,12 @@ def _sliding_fast(q, k, v, m: SlidingWindow, scale: float, bq: int):
     if pad:
         q = torch.nn.functional.pad(q, (0, 0, 0, pad))  # padded rows are dropped at the end
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        out = _SlidingWindowFn.apply(q, k, v, m, scale, bq, q_len)
+        if fused_cpu(q, v, None):
+            # float32 on the CPU: the fused kernel's lse is kept and its backward skips the recompute (8k tokens,
+            # window 512, 2 cores: forward + backward 671 -> ~505 ms)
+            out = _SinkWindowFn.apply(q, k, v, 0, m, False, scale, bq, q_len)
+        else:
+            out = _SlidingWindowFn.apply(q, k, v, m, scale, bq, q_len)
     else:
         out = _sliding_blocks(q, k, v, m, scale, bq, q_len, None)
     return out[:, :, :q_len] if pad else out  # (B, H, Q, Dv)
@@ -397,10 +404,16 @@ class _SlidingWindowFn(torch.autograd.Function):
         return grads[1], grads[2], grads[3], None, None, None, None
 
 
-def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int, grads):
+def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int, grads, lse=None, final=None):
     """Forward (``grads`` None: returns the output) or backward (``grads = (grad_out, dq, dk, dv)``: adds
     each group's gradients into dq, dk, dv) of :func:`_sliding_fast`; q is padded to whole blocks, ``q_len``
-    is its length before padding (queries align to the end of the keys by it)."""
+    is its length before padding (queries align to the end of the keys by it).
+
+    Flash mode (float32 on the CPU, for :func:`_sink_window_fast`): the forward also writes each row's
+    log-sum-exp into ``lse`` (B, H, Q); ``final = (out, lse)`` makes the backward take the gradients of the
+    window's keys from PyTorch's fused kernel given the rows' final output and log-sum-exp over a larger key set
+    (the window is then one part of a split softmax), instead of recomputing the window's own attention.
+    """
     b, h, qp_len, d = q.shape
     kv_len, w, dv_ = k.shape[2], m.window, v.shape[-1]
     nb = qp_len // bq
@@ -424,6 +437,50 @@ def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int
     # on 2 threads, 59% -> 65% on 1). Backward: each call's key gradients are materialised, so groups stay bounded.
     group = nb if grads is None else max(1, (k[0].numel() + v[0].numel()) * k.element_size() // per_block)
     out = q.new_empty(b, h, qp_len, dv_) if grads is None else None
+    hkv = k.shape[1]
+    rep = h // hkv
+    # the fused kernel takes no GQA: a key head's query heads become rows of one problem, the band tiled to match
+    band_rows = band_bias.repeat(1, 1, rep, 1) if rep > 1 else band_bias
+
+    def flash_blocks(qs, ks, vs, i, i1, lo):
+        """Blocks as the fused kernel's (n, Hkv, rep*bq, D) problems: (qb, kb, vb, bias, seen, idx)."""
+        qb = qs.unflatten(1, (i1 - i, bq)).transpose(0, 1)  # (n, H, bq, D)
+        if rep > 1:
+            qb = qb.unflatten(1, (hkv, rep)).flatten(2, 3)
+        if clean[i]:
+            kb = ks.unfold(1, span, bq).permute(1, 0, 3, 2)
+            vb = vs.unfold(1, span, bq).permute(1, 0, 3, 2)
+            idx = ((torch.arange(i1 - i, device=dev) * bq)[:, None] + j).reshape(-1)
+            return qb, kb, vb, band_rows, None, idx
+        key_abs = torch.tensor(starts[i:i1], device=dev)[:, None] + j  # (n, span)
+        valid = (key_abs >= 0) & (key_abs < kv_len)
+        idx = (key_abs.clamp(0, kv_len - 1) - lo).reshape(-1)
+        kb = ks.index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)
+        vb = vs.index_select(1, idx).unflatten(1, (i1 - i, span)).transpose(0, 1)
+        allowed = band[None] & valid[:, None, :]  # (n, bq, span)
+        bias = torch.zeros(allowed.shape, dtype=q.dtype, device=dev).masked_fill(~allowed, float("-inf"))[:, None]
+        return qb, kb, vb, bias.repeat(1, 1, rep, 1) if rep > 1 else bias, allowed.any(-1), idx
+
+    def unrows(x, i, i1):
+        """(n, Hkv, rep*bq, ...) -> (H, n*bq, ...): the blocks' rows back in the queries' layout."""
+        if rep > 1:
+            x = x.unflatten(2, (rep, bq)).flatten(1, 2)
+        return x.transpose(0, 1).flatten(1, 2)
+
+    def as_rows(x, i, i1):
+        """(H, n*bq, ...) -> (n, Hkv, rep*bq, ...), the layout of :func:`flash_blocks`' queries."""
+        x = x.unflatten(1, (i1 - i, bq)).transpose(0, 1)
+        return x.unflatten(1, (hkv, rep)).flatten(2, 3) if rep > 1 else x
+
+    def flash_piece(qs, ks, vs, i, i1, lo):
+        qb, kb, vb, bias, seen, _ = flash_blocks(qs, ks, vs, i, i1, lo)
+        ob, lb = CPU_FLASH(qb, kb, vb, 0.0, False, attn_mask=bias, scale=scale)
+        ob, lb = unrows(ob, i, i1), unrows(lb, i, i1)  # (H, n*bq, Dv), (H, n*bq)
+        if seen is not None:  # rows with no key in the window (only before the first key): out 0, lse -inf
+            seen = seen.reshape(1, -1)
+            ob = ob * seen.unsqueeze(-1)
+            lb = torch.where(seen, lb, torch.full((), float("-inf"), device=dev))
+        return ob, lb
 
     def piece(qs, ks, vs, i, i1, lo):
         """Attention of queries ``qs`` (H, n*bq, D) over keys ``ks`` (Hkv, L, D) starting at key ``lo``."""
@@ -464,10 +521,30 @@ def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int
 
         def job(bi: int, i: int, i1: int) -> None:
             lo, hi, rows = keys(i, i1)
-            out[bi, :, rows] = piece(q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi], i, i1, lo)
+            if lse is None:
+                out[bi, :, rows] = piece(q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi], i, i1, lo)
+            else:
+                out[bi, :, rows], lse[bi, :, rows] = flash_piece(q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi],
+                                                                 i, i1, lo)
         run_jobs([functools.partial(job, *s) for s in spans], workers)
         return out
     grad_out, dq, dk, dv = grads
+    if final is not None:
+        f_out, f_lse = final
+        # a row with no key anywhere (lse -inf) has every key masked here too: its probabilities are exp(-inf) = 0
+        safe = torch.where(torch.isinf(f_lse), torch.zeros((), device=dev), f_lse)
+        for bi, i, i1 in spans:
+            lo, hi, rows = keys(i, i1)
+            qb, kb, vb, bias, _, idx = flash_blocks(q[bi, :, rows], k[bi, :, lo:hi], v[bi, :, lo:hi], i, i1, lo)
+            gq, gk, gv = CPU_FLASH_BWD(as_rows(grad_out[bi, :, rows], i, i1).contiguous(), qb, kb, vb,
+                                        as_rows(f_out[bi, :, rows], i, i1).contiguous(),
+                                        as_rows(safe[bi, :, rows], i, i1).contiguous(), 0.0, False,
+                                        attn_mask=bias, scale=scale)
+            dq[bi, :, rows] += unrows(gq, i, i1)
+            # the blocks' keys overlap: add each block's key gradients at their positions
+            dk[bi, :, lo:hi].index_add_(1, idx, gk.transpose(0, 1).flatten(1, 2))
+            dv[bi, :, lo:hi].index_add_(1, idx, gv.transpose(0, 1).flatten(1, 2))
+        return out
     for bi, i, i1 in spans:
         lo, hi, rows = keys(i, i1)
         with torch.enable_grad():
@@ -478,6 +555,115 @@ def _sliding_blocks(q, k, v, m: SlidingWindow, scale: float, bq: int, q_len: int
         dk[bi, :, lo:hi] += gk
         dv[bi, :, lo:hi] += gv
     return out
+
+
+def sink_window_parts(mask: Mask | None, q_len: int, kv_len: int) -> tuple[int, SlidingWindow, bool] | None:
+    """``(n, window, causal)`` when the mask is ``sink(n) | sliding_window(w)``, alone or ``& causal()`` (either
+    order), with a causal window and ``q_len <= kv_len``: the masks :func:`_sink_window_fast` runs."""
+    if mask is None or q_len > kv_len:
+        return None
+    parts = conjuncts(mask)
+    ors = [p for p in parts if isinstance(p, Or)]
+    rest = [p for p in parts if not isinstance(p, Or)]
+    if len(ors) != 1 or len(rest) > 1 or (rest and not isinstance(rest[0], Causal)):
+        return None
+    kinds = {type(ors[0].left): ors[0].left, type(ors[0].right): ors[0].right}
+    snk, win = kinds.get(Sink), kinds.get(SlidingWindow)
+    if snk is None or win is None or not win.causal:
+        return None
+    return min(snk.n, kv_len), win, bool(rest)
+
+
+def _sink_scores(q, k, n: int, win: SlidingWindow, causal: bool, scale: float, q_len: int, kv_len: int):
+    """Scores of every (padded) query over the sink keys that its window does not hold: ``[B, H, Qp, n]`` float32,
+    -inf where not visible, and the sink keys with their heads repeated to the query heads."""
+    rep = q.shape[1] // k.shape[1]
+    ks = k[:, :, :n]
+    ks = ks.repeat_interleave(rep, dim=1) if rep > 1 else ks
+    s = torch.matmul(q, ks.transpose(-1, -2)) * scale
+    qa = torch.arange(q.shape[2], device=q.device)[:, None] + (kv_len - q_len)
+    j = torch.arange(n, device=q.device)[None, :]
+    seen = ~((j > qa - win.window) & (j <= qa))  # the window's keys are counted by the window part
+    if causal:
+        seen = seen & (j <= qa)
+    return s.masked_fill(~seen, float("-inf")), ks
+
+
+def _merge_sink(out_w: Tensor, lse_w: Tensor, s: Tensor, vs: Tensor) -> tuple[Tensor, Tensor]:
+    """The window's (out, lse) and the sink keys' scores merged into the rows' final (out, lse)."""
+    lse = torch.logaddexp(lse_w, torch.logsumexp(s, dim=-1))  # -inf only on rows that see no key at all
+    safe = torch.where(torch.isinf(lse), torch.zeros((), device=lse.device), lse)
+    out = out_w * torch.exp(lse_w - safe).unsqueeze(-1) + torch.matmul(torch.exp(s - safe.unsqueeze(-1)), vs)
+    return out, lse
+
+
+def _sink_window_forward(q, k, v, n, win, causal, scale, bq, q_len):
+    b, h, qp_len, _ = q.shape
+    lse_w = torch.empty(b, h, qp_len, dtype=torch.float32, device=q.device)
+    out_w = _sliding_blocks(q, k, v, win, scale, bq, q_len, None, lse=lse_w)
+    if n == 0:
+        return out_w, lse_w, None, None, None
+    s, ks = _sink_scores(q, k, n, win, causal, scale, q_len, k.shape[2])
+    rep = h // k.shape[1]
+    vs = v[:, :, :n].repeat_interleave(rep, dim=1) if rep > 1 else v[:, :, :n]
+    out, lse = _merge_sink(out_w, lse_w, s, vs)
+    return out, lse, s, ks, vs
+
+
+class _SinkWindowFn(torch.autograd.Function):
+    """``sink(n) | sliding_window(w)`` (n may be 0: the window alone): the window through its strided blocks, the
+    n sink keys as a second part of the softmax, merged by log-sum-exp. The forward keeps the rows' out and lse,
+    so the backward takes each part's gradients from them without recomputing the forward (the fused kernel's
+    backward, given the final out / lse, is exact for each part of a split softmax)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, n, win, causal, scale, bq, q_len):
+        out, lse, _, _, _ = _sink_window_forward(q, k, v, n, win, causal, scale, bq, q_len)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.args = (n, win, causal, scale, bq, q_len)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        q, k, v, out, lse = ctx.saved_tensors
+        n, win, causal, scale, bq, q_len = ctx.args
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        _sliding_blocks(q, k, v, win, scale, bq, q_len, (grad_out, dq, dk, dv), final=(out, lse))
+        if n == 0:
+            return dq, dk, dv, None, None, None, None, None, None
+        # the sink part: P = exp(S - lse) over the final lse, dS = P (dO v^T - rowsum(dO out))
+        s, ks = _sink_scores(q, k, n, win, causal, scale, q_len, k.shape[2])
+        rep = q.shape[1] // k.shape[1]
+        vs = v[:, :, :n].repeat_interleave(rep, dim=1) if rep > 1 else v[:, :, :n]
+        safe = torch.where(torch.isinf(lse), torch.zeros((), device=lse.device), lse)
+        p = torch.exp(s - safe.unsqueeze(-1))  # (B, H, Qp, n); 0 where not visible
+        ds = p * (torch.matmul(grad_out, vs.transpose(-1, -2)) - (grad_out * out).sum(-1, keepdim=True))
+        dq += torch.matmul(ds, ks) * scale
+        dks = torch.matmul(ds.transpose(-1, -2), q) * scale  # (B, H, n, D)
+        dvs = torch.matmul(p.transpose(-1, -2), grad_out)
+        if rep > 1:  # query heads' gradients summed into their key / value head
+            dks, dvs = dks.unflatten(1, (-1, rep)).sum(2), dvs.unflatten(1, (-1, rep)).sum(2)
+        dk[:, :, :n] += dks
+        dv[:, :, :n] += dvs
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def _sink_window_fast(q, k, v, n: int, win: SlidingWindow, causal: bool, scale: float):
+    """``(sink(n) | sliding_window(w)) [& causal()]`` on float32 CPU tensors: the sliding window's strided blocks
+    (no gather for interior blocks) plus a ``Q x n`` part for the sink keys outside each query's window, merged
+    exactly by log-sum-exp. The general path would gather every block's keys with the sinks in front."""
+    q_len = q.shape[2]
+    bq = min(_block_size(win.window), q_len)
+    nb = -(-q_len // bq)
+    pad = nb * bq - q_len
+    if pad:
+        q = torch.nn.functional.pad(q, (0, 0, 0, pad))  # padded rows are dropped at the end
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out = _SinkWindowFn.apply(q, k, v, n, win, causal, scale, bq, q_len)
+    else:
+        out = _sink_window_forward(q, k, v, n, win, causal, scale, bq, q_len)[0]
+    return out[:, :, :q_len] if pad else out
 
 
 def _fold_spatial(m: Spatial, x: Tensor) -> tuple[Tensor, object]:
@@ -566,6 +752,9 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
         raise ValueError(f"mask: backend 'tiles' needs a local mask (sliding_window, spatial, ...), got {mask!r}")
     if isinstance(mask, SlidingWindow) and softcap is None:
         return _sliding_fast(q, k, v, mask, scale, plan.bq)
+    sink_window = sink_window_parts(mask, q_len, kv_len) if fused_cpu(q, v, softcap) else None
+    if sink_window is not None:
+        return _sink_window_fast(q, k, v, *sink_window, scale)
     fold = _FOLDS.get(type(mask))
     if fold is not None and plan.exact:
         return _fold_attention(q, k, v, mask, fold, scale, softcap)
@@ -640,22 +829,31 @@ def _cost(call: Call) -> float:
         block = {Spatial: lambda: m.grid[1] * m.grid[2], Temporal: lambda: m.grid[0]}.get(type(m), lambda: m.size)()
         overhead = 1.25 if call.softcap is None else 3.0
         return overhead * call.q_len * block * call.batch * call.q_heads * (call.head_dim + 8)
+    sink_window = sink_window_parts(call.mask, call.q_len, call.kv_len)
+    if (sink_window is not None and call.softcap is None and call.device.type == "cpu"
+            and call.dtype == torch.float32 and CPU_FLASH is not None):
+        # _sink_window_fast: the window's strided blocks, then Q x n sink scores and the merge of two outputs
+        n, win, _ = sink_window
+        rows = call.batch * call.q_heads * call.q_len
+        return _cost(dataclasses.replace(call, mask=win)) + rows * (n * (call.head_dim + 8) + 4 * call.head_dim)
     plan = plan_for(call.mask, call.q_len, call.kv_len)
     per_pair = call.batch * call.q_heads * (call.head_dim + 8)
     # small dense problems run a little less efficiently than one large one; gathers are memory traffic
     overhead = 1.25 if call.softcap is None else 3.0
-    # Per key element a block reads: 8 where the blocks are views (sliding_window's clean blocks, folds). Where
-    # they are gathered (every other plan), 96: fitted by least squares to forward and forward + backward times
+    # Per key element a block reads: 8 where the blocks are views (sliding_window's interior blocks, folds). Where
+    # they are gathered (every other block), 96: fitted by least squares to forward and forward + backward times
     # of window_3d on 8x4x4 to 8x16x16 grids at batch 1-8 (2 cores), it covers the index_select, its scatter in
     # the backward and the per-block work of SDPA on short query blocks. With it auto keeps sdpa where a window
     # covers a third of a small grid (8x4x4: tiles took 1.2-1.6x sdpa's time) and tiles where it skips most
     # pairs (8x16x16: 0.12-0.29x). The same weight accounts for radial bands of thousands of gathered keys per
     # block: at 16x32x32 it predicts tiles / sdpa at 1.29 and 0.96 for the default and a narrow radial mask,
     # measured 1.33 and 1.01.
-    viewed = (isinstance(call.mask, SlidingWindow) and call.softcap is None) or (
-        type(call.mask) in _FOLDS and plan.exact)
-    per_key = 8 if viewed else 96
-    gather = call.batch * call.kv_heads * plan.num_blocks * plan.bk * call.head_dim * per_key
+    viewed = plan.num_blocks if type(call.mask) in _FOLDS and plan.exact else 0
+    if isinstance(call.mask, SlidingWindow) and call.softcap is None:
+        # _sliding_fast gathers only the edge blocks, whose windows reach past the first or last key
+        viewed = plan.num_blocks - (0 if plan.kv_valid is None else int((~plan.kv_valid).any(1).sum()))
+    per_key = 8 * viewed + 96 * (plan.num_blocks - viewed)
+    gather = call.batch * call.kv_heads * plan.bk * call.head_dim * per_key
     return overhead * plan.pairs() * per_pair + gather + 2e5 * plan.num_blocks / max(1, plan.bq)
 
 
