@@ -63,3 +63,36 @@ def test_a_failing_job_raises_in_the_caller(two_threads):
         raise RuntimeError("job failed")
     with pytest.raises(RuntimeError, match="job failed"):
         workers.run_jobs([lambda: None, boom], 2)
+
+
+@pytest.mark.parametrize("mask_fn", [
+    lambda: M.window_3d((3, 6, 6), (3, 3, 3)),
+    lambda: M.tile_window((4, 6, 6), (1, 2, 2), (3, 1, 3)),
+    lambda: M.window_3d((3, 6, 6), (3, 3, 3), border="shift") & M.key_padding(torch.tensor([108, 70])),
+])
+def test_gathered_blocks_forward_on_workers_equals_reference(two_threads, monkeypatch, mask_fn):
+    from veil.attention.backends import tiles
+
+    handed = []
+
+    def spy(jobs, n):
+        handed.append((len(jobs), n))
+        return workers.run_jobs(jobs, n)
+
+    monkeypatch.setattr(tiles, "run_jobs", spy)
+    mask = mask_fn()
+    n = 108 if "window_3d" in repr(mask) else 144
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 4, n, 16, generator=g) for _ in range(3))
+    want = veil.attend(q, k, v, mask, backend="reference")
+    with torch.no_grad():
+        # a small group budget: several groups of blocks, shared out over the two workers
+        got = tiles.tiles_attention(q, k, v, mask, 16 ** -0.5, None, group_bytes=4096)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(veil.attend(q, k, v, mask, backend="tiles"), want, rtol=1e-5, atol=1e-5)
+    assert handed and all(n_ == 2 for _, n_ in handed) and handed[0][0] > 1
+    handed.clear()
+    qg = q.clone().requires_grad_()
+    out = veil.attend(qg, k, v, mask, backend="tiles")  # with gradients the groups stay in the caller's thread
+    torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-5)
+    assert all(n_ == 1 for _, n_ in handed)

@@ -778,10 +778,18 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
     if budget is None:
         budget = max(_GROUP_BYTES, 2 * (k.numel() + v.numel()) * k.element_size())
     group = max(1, min(nb, budget // max(1, per_block)))
-    outs = []
-    for g0 in range(0, nb, group):
-        g1 = min(nb, g0 + group)
-        reuse = mask == plan.local and not mask.batch_dependent and not mask.head_dependent
+    grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    workers = 1 if grad else parallel_workers(dev, b * h * nb * bq * plan.bk * q.shape[-1])
+    if workers > 1:
+        # the groups go to single-threaded workers (as for the sliding window's blocks), `workers` groups in flight
+        # at once: each gets 1/workers of the budget, so peak memory stays that of one group in the calling thread
+        group = max(1, min(group // workers, -(-nb // workers)))
+    reuse = mask == plan.local and not mask.batch_dependent and not mask.head_dependent
+    bounds = [(g0, min(nb, g0 + group)) for g0 in range(0, nb, group)]
+    outs: list[Tensor | None] = [None] * len(bounds)
+
+    def run_group(j: int) -> None:
+        g0, g1 = bounds[j]
         allowed = plan.inner.get((g0, g1, str(dev))) if reuse else None
         if allowed is None:
             allowed = _inner_mask(mask, plan, q_pred_index[g0:g1], kv_index[g0:g1],
@@ -789,10 +797,12 @@ def tiles_attention(q, k, v, mask, scale, softcap, *, group_bytes: int | None = 
             if reuse and allowed is not None:
                 plan.inner[(g0, g1, str(dev))] = allowed
         args = (q, k, v, q_index[g0:g1], kv_index[g0:g1], allowed, scale, softcap, contiguous_q)
-        if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad) and group < nb:
-            outs.append(checkpoint(_group_attention, *args, use_reentrant=False))
+        if grad and group < nb:
+            outs[j] = checkpoint(_group_attention, *args, use_reentrant=False)
         else:
-            outs.append(_group_attention(*args))
+            outs[j] = _group_attention(*args)
+
+    run_jobs([functools.partial(run_group, j) for j in range(len(bounds))], workers)
     out = torch.cat(outs, dim=1) if len(outs) > 1 else outs[0]  # (B, nb, bq, H, Dv)
     out = out.reshape(b, nb * bq, h, -1)
     if contiguous_q:
