@@ -10,8 +10,8 @@ count), and runs a list of jobs on it.
 
 Used only where it is safe and pays: CPU tensors, more than one torch thread, ATen's OpenMP backend with a runtime
 that can be found and PyTorch's MKL (x86 builds), outside ``torch.compile`` and for jobs without autograd (each
-job writes its own rows of a preallocated output). Anywhere else :func:`run_jobs` runs the jobs in the calling
-thread, in order.
+job writes its own rows of a preallocated output, or its own slot of a list of block-group outputs). Anywhere
+else :func:`run_jobs` runs the jobs in the calling thread, in order.
 """
 
 from __future__ import annotations
