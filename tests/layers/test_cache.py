@@ -75,7 +75,7 @@ def test_static_cache_equals_full_forward(fixed):
 
 
 def test_fixed_shape_views_keep_their_shapes_and_positions():
-    cache = KVCache(1, 1, 2, max_len=10, window=3, fixed_shapes=True)
+    cache = KVCache(1, 1, 2, max_len=20, window=3, fixed_shapes=True)
     shapes, positions = set(), []
     for step in range(5):
         k = torch.full((1, 1, 1, 2), float(step))
@@ -84,10 +84,22 @@ def test_fixed_shape_views_keep_their_shapes_and_positions():
         positions.append((view.query_positions.tolist(), view.positions.tolist()))
     assert shapes == {((1, 1, 3, 2), (3,))}  # the same at every step: one compiled graph serves them all
     assert positions == [([0], [0, -1, -1]), ([1], [0, 1, -1]), ([2], [0, 1, 2]), ([3], [3, 1, 2]), ([4], [3, 4, 2])]
-    # a chunk on a ring: the old slots, then the chunk
-    view = cache.update(torch.zeros(1, 1, 4, 2), torch.zeros(1, 1, 4, 2))
-    assert view.positions.tolist() == [3, 4, 2, 5, 6, 7, 8] and view.query_positions.tolist() == [5, 6, 7, 8]
+    # a chunk on a ring, outside torch.compile: a growing cache's chronological view (the kept window, then the
+    # chunk), so bottom-right masks are exact and keep their structure; the slots are the fixed-shape ones
+    chunk = torch.arange(5.0, 9.0).reshape(1, 1, 4, 1).expand(1, 1, 4, 2)
+    view = cache.update(chunk, chunk)
+    assert view.positions.tolist() == [2, 3, 4, 5, 6, 7, 8] and view.query_positions is None
+    assert view.k[0, 0, :, 0].tolist() == [2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0] and not view.has_padding
     assert sorted(cache.slot_positions.tolist()) == [6, 7, 8] and cache.length == 9
+    assert cache.k[0, 0, :, 0].tolist() == [6.0, 7.0, 8.0]  # token p in slot p % 3, as the decoding steps expect
+    view = cache.update(torch.full((1, 1, 1, 2), 9.0), torch.full((1, 1, 1, 2), 9.0))  # and the next step
+    assert view.positions.tolist() == [9, 7, 8] and view.query_positions.tolist() == [9]
+    assert view.k[0, 0, :, 0].tolist() == [9.0, 7.0, 8.0]
+    # the chunk's padding is tracked from the buffers (fixed-shape steps do not track it)
+    pad = torch.tensor([[False, True]])
+    assert cache.update(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2), pad).has_padding
+    assert cache.update(torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2)).has_padding  # the pad is still kept
+    assert not cache.update(torch.zeros(1, 1, 3, 2), torch.zeros(1, 1, 3, 2)).has_padding  # now overwritten
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["grow", "fixed_shapes"])

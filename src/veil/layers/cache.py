@@ -14,7 +14,10 @@ With ``fixed_shapes=True`` (for ``torch.compile``) the token count lives in a te
 the same shapes whatever the count: the whole buffer in slot order, each slot's absolute position (-1 when
 empty) and the new tokens' positions (``CacheView.query_positions``); the layer then evaluates its mask at those
 positions (:func:`veil.masks.at_positions`). A compiled decoding loop then runs one graph for every step, at the
-price of attending over every slot (empty ones masked) rather than the tokens written so far.
+price of attending over every slot (empty ones masked) rather than the tokens written so far. Outside
+``torch.compile``, an update of several tokens (an eager prefill) returns the chronological view of a growing
+cache instead, over the same buffers and slots: its masks stay structured (a sliding window keeps its block-sparse
+paths) where ``at_positions`` masks would be evaluated densely.
 """
 
 from __future__ import annotations
@@ -169,8 +172,18 @@ class KVCache(nn.Module):
             if valid.dtype != torch.bool or tuple(valid.shape) != (b, n_new):
                 raise ValueError(f"valid: expected a bool tensor [B, L] = [{b}, {n_new}], got "
                                  f"{valid.dtype} {list(valid.shape)}")
-        if self.fixed_shapes:
+        if self.fixed_shapes and (n_new == 1 or torch.compiler.is_compiling()):
             return self._update_fixed(k, v, valid)
+        if self.fixed_shapes:
+            # several tokens outside torch.compile (an eager prefill): the same buffers and slots, but the view of
+            # a growing cache (chronological, exact under bottom-right masks, so local masks keep their fast
+            # paths); two host reads: the token count, and whether the kept tokens hold padding (untracked by the
+            # fixed-shape updates)
+            self._length = int(self.filled)
+            n_old = min(self._length, self.slots)
+            self.has_padding = not bool(torch.cat([self.valid[:, a:z] for a, z in
+                                                   self._runs(self._length - n_old, n_old)] or [self.valid[:, :0]],
+                                                  dim=1).all())
         if valid is not None:
             self.has_padding = self.has_padding or not bool(valid.all())
         if self._length + n_new > self.max_len:
@@ -184,6 +197,8 @@ class KVCache(nn.Module):
             vbuf[:, :, start:end] = v
             vld[:, start:end] = True if valid is None else valid
             self._length = end
+            if self.fixed_shapes:
+                self.filled.fill_(end)
             # valid is copied, not a view: a mask built from it is hashed by value (the tiles backend's plan cache),
             # and later writes (a ring wrapping, reset) would change it under that key
             return CacheView(kbuf[:, :, :end], vbuf[:, :, :end], torch.arange(end, device=kbuf.device),
@@ -208,6 +223,8 @@ class KVCache(nn.Module):
             vld[:, a:z] = valid[:, i:j]
             i = j
         self._length = end
+        if self.fixed_shapes:
+            self.filled.fill_(end)
         return out
 
     def _update_fixed(self, k: Tensor, v: Tensor, valid: Tensor | None) -> CacheView:
