@@ -180,10 +180,8 @@ class KVCache(nn.Module):
             # paths); two host reads: the token count, and whether the kept tokens hold padding (untracked by the
             # fixed-shape updates)
             self._length = int(self.filled)
-            n_old = min(self._length, self.slots)
-            self.has_padding = not bool(torch.cat([self.valid[:, a:z] for a, z in
-                                                   self._runs(self._length - n_old, n_old)] or [self.valid[:, :0]],
-                                                  dim=1).all())
+            # the kept tokens fill slots [0, n_old): every slot once a ring has wrapped
+            self.has_padding = not bool(self.valid[:, :min(self._length, self.slots)].all())
         if valid is not None:
             self.has_padding = self.has_padding or not bool(valid.all())
         if self._length + n_new > self.max_len:
