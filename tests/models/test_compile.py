@@ -101,6 +101,16 @@ def test_compiled_decoding_compiles_two_graphs_and_equals_eager():
     with torch.inference_mode():  # as generate runs it
         torch.testing.assert_close(model(prompts, mask, cache=cache, last_only=True), eager_logits[:, -1])
     assert _graphs() == 2
+    # with gradients on, a call that writes a fixed-shape cache runs eagerly, with a warning (AOT autograd cannot
+    # compile its in-place writes of values with history): exact, differentiable, no new graph
+    cache.reset()
+    with pytest.warns(RuntimeWarning, match="runs eagerly"):
+        out = model(prompts, mask, cache=cache, last_only=True)
+    torch.testing.assert_close(out, eager_logits[:, -1])
+    out.logsumexp(-1).sum().backward()
+    assert model.embed.weight.grad.abs().sum() > 0
+    model.zero_grad(set_to_none=True)
+    assert _graphs() == 2
     # steps after the first run with only the guards that tell cached graphs apart (DecoderLM.warm_stance):
     # the tokens above and these equal eager's
     assert torch.equal(model.generate(prompts, mask, max_new_tokens=30), want[:, :42])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -282,6 +283,11 @@ class LMCache(nn.Module):
         """Tokens written so far (padding included)."""
         return self.layers[0].length
 
+    @property
+    def fixed_shapes(self) -> bool:
+        """Every layer keeps the same shapes at every step (``new_cache(..., fixed_shapes=True)``)."""
+        return all(layer.fixed_shapes for layer in self.layers)
+
     def reset(self) -> None:
         """Forget every token (buffers are kept)."""
         for layer in self.layers:
@@ -448,6 +454,25 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         out = nn.functional.linear(hidden, self.embed.weight)
         cap = self.config.final_softcap
         return out if cap is None else torch.tanh(out / cap) * cap
+
+    def __call__(self, *args, **kwargs):
+        """``nn.Module.__call__``, with one detour: a model compiled with ``model.compile()`` runs this call eagerly
+        (hooks included), with a warning, when gradients are enabled for its parameters and the call writes a
+        fixed-shape cache (``new_cache(..., fixed_shapes=True)``). Such a cache is updated in place, and AOT
+        autograd cannot replay in-place writes of values with autograd history into a graph's inputs (PyTorch
+        2.13 fails with a size mismatch in its mutation epilogue); eagerly the call is exact and differentiable.
+        ``generate``, ``prefill`` and ``decode_step`` run without gradients and are unaffected."""
+        if (getattr(self, "_compiled_call_impl", None) is not None and torch.is_grad_enabled()
+                and isinstance(kwargs.get("cache"), LMCache) and kwargs["cache"].fixed_shapes
+                and any(p.requires_grad for p in self.parameters())):
+            if not self.__dict__.get("_warned_grad_cache"):
+                self.__dict__["_warned_grad_cache"] = True
+                warnings.warn("cache: a compiled DecoderLM called with gradients on a fixed-shape cache runs eagerly "
+                              "(its in-place cache writes cannot be compiled with autograd); call it under "
+                              "torch.no_grad() or torch.inference_mode() to run the compiled graph",
+                              RuntimeWarning, stacklevel=2)
+            return self._call_impl(*args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, cache: LMCache | None = None,
                 in_attn_cond: Tensor | None = None, return_only_embed: bool = False,
