@@ -455,6 +455,11 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         cap = self.config.final_softcap
         return out if cap is None else torch.tanh(out / cap) * cap
 
+    @property
+    def _is_compiled(self) -> bool:
+        """Compiled with ``model.compile()`` (``nn.Module`` then calls its compiled graph)."""
+        return getattr(self, "_compiled_call_impl", None) is not None
+
     def __call__(self, *args, **kwargs):
         """``nn.Module.__call__``, with one detour: a model compiled with ``model.compile()`` runs this call eagerly
         (hooks included), with a warning, when gradients are enabled for its parameters and the call writes a
@@ -462,7 +467,7 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         autograd cannot replay in-place writes of values with autograd history into a graph's inputs (PyTorch
         2.13 fails with a size mismatch in its mutation epilogue); eagerly the call is exact and differentiable.
         ``generate``, ``prefill`` and ``decode_step`` run without gradients and are unaffected."""
-        if (getattr(self, "_compiled_call_impl", None) is not None and torch.is_grad_enabled()
+        if (self._is_compiled and torch.is_grad_enabled()
                 and isinstance(kwargs.get("cache"), LMCache) and kwargs["cache"].fixed_shapes
                 and any(p.requires_grad for p in self.parameters())):
             if not self.__dict__.get("_warned_grad_cache"):
@@ -547,7 +552,7 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         4-layer Gemma 3 model took 6.5 s compiled against 2.1 s eager on 2 CPU cores (docs/benchmarks.md). The
         decoding steps still run compiled. Call the model itself (``model(ids, cache=cache, last_only=True)``) to
         run a compiled prefill anyway."""
-        if (getattr(self, "_compiled_call_impl", None) is not None and input_ids.device.type == "cpu"
+        if (self._is_compiled and input_ids.device.type == "cpu"
                 and input_ids.dim() == 2 and input_ids.shape[1] > 1):
             return self._call_impl
         return self
@@ -596,7 +601,7 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         A new batch size makes a new cache, and so its own decoding graph (and prefill graph, off CPU): dynamo's
         recompile limit (8 compiles of the forward by default) lets one compiled model serve about four batch sizes
         off CPU and about eight on CPU."""
-        if getattr(self, "_compiled_call_impl", None) is None:
+        if not self._is_compiled:
             return self.new_cache(batch, need)
         size = min(self.config.max_seq_len, -(-need // 256) * 256) if need <= self.config.max_seq_len else need
         p = self.embed.weight
@@ -623,7 +628,7 @@ class DecoderLM(SequenceParallelModel, nn.Module):
         if generator is None and seed is not None:
             generator = torch.Generator(device=input_ids.device).manual_seed(seed)
         bsz, n = input_ids.shape
-        compiled = getattr(self, "_compiled_call_impl", None) is not None
+        compiled = self._is_compiled
         cache = self._generation_cache(bsz, n + max_new_tokens)
         logits = self.prefill(input_ids, attention_mask, cache, in_attn_cond)
         done = torch.zeros(bsz, dtype=torch.bool, device=input_ids.device)
