@@ -256,3 +256,54 @@ def test_errors_name_the_argument():
     model.out = torch.nn.Conv3d(16, 3, 3, padding=1)  # 3 output channels for 4 input channels
     with pytest.raises(ValueError, match="model output"):
         FlowMatching().loss(model, torch.zeros(1, 4, 1, 2, 2), torch.zeros(1, 1, 8))
+
+
+def test_flow_matching_absolute_error_below_a_noise_level_literal():
+    x0 = torch.zeros(4, 1, 1, 1, 2)
+    noise = torch.tensor([1.0, -3.0]).view(1, 1, 1, 1, 2).expand(4, 1, 1, 1, 2)  # target noise - x0 = [1, -3]
+    sigma = torch.tensor([0.1, 0.5, 0.84, 0.9])
+    fm = FlowMatching(absolute_below=0.85, absolute_scale=0.2)
+    ex = fm.example(x0, sigma=sigma, noise=noise)
+    assert ex.absolute.tolist() == pytest.approx([0.2, 0.2, 0.2, 0.0])
+    # a model off the target by [1, -3] (it recovers the noise from x_t = sigma noise): 0.2 * (1 + 3) / 2 = 0.4
+    # below 0.85, (1 + 9) / 2 = 5 above; mean over the batch
+    def off(x, timestep, context, context_lengths=None):
+        return x / (timestep / 1000).view(-1, 1, 1, 1, 1) - torch.tensor([1.0, -3.0]).view(1, 1, 1, 1, 2)
+
+    fixed = FlowMatching(absolute_below=0.85, absolute_scale=0.2)
+    fixed.sample_sigma = lambda n, generator=None: sigma  # type: ignore[method-assign]
+    got = fixed.loss(off, x0, torch.zeros(4, 1, 4), generator=torch.Generator().manual_seed(0))
+    assert got.item() == pytest.approx((3 * 0.4 + 5.0) / 4, rel=1e-5)
+    # 1: every example; 0 (the default): none, and the same draws either way
+    assert FlowMatching(absolute_below=1.0).example(x0, sigma=torch.tensor([0.2, 0.99, 1.0, 1.0]),
+                                                     noise=noise).absolute.tolist() == [1.0] * 4
+    plain = FlowMatching(shift=5.0, sampling="logit_normal", context_frames=0.5, frame_patch=1)
+    split = FlowMatching(shift=5.0, sampling="logit_normal", context_frames=0.5, frame_patch=1, absolute_below=0.5)
+    x = torch.randn(64, 1, 4, 1, 1)
+    a = plain.example(x, generator=torch.Generator().manual_seed(1))
+    b = split.example(x, generator=torch.Generator().manual_seed(1))
+    assert a.absolute is None and torch.equal(a.x_t, b.x_t) and torch.equal(a.timestep, b.timestep)
+    # continuation examples go by the level of their noisy frames, and the loss still skips the clean prefix
+    assert torch.equal(b.absolute > 0, b.timestep.amax(1) < 500)
+    for bad in ({"absolute_below": 1.5}, {"absolute_below": -0.1}, {"absolute_scale": 0.0},
+                {"absolute_scale": float("inf")}, {"absolute_scale": True}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            FlowMatching(**bad)
+
+
+def test_flow_matching_absolute_error_with_a_frame_mask_and_weights():
+    # continuation (a frame mask) and sigma^2 weights apply to the absolute error as to the squared one
+    fm = FlowMatching(context_frames=1.0, frame_patch=1, weighting="sigma_sqr", absolute_below=1.0)
+    x0 = torch.zeros(8, 1, 4, 1, 1)
+    ex = fm.example(x0, generator=torch.Generator().manual_seed(0))
+    k = (ex.timestep == 0).sum(1)
+    s2 = (ex.timestep.amax(1) / 1000) ** 2
+
+    def off(x, timestep, context, context_lengths=None):  # the target (the noise) + 2, and 7 on the clean prefix
+        s = (timestep / 1000).view(x.shape[0], 1, -1, 1, 1)
+        return torch.where(s > 0, x / s.clamp_min(1e-6) + 2.0, torch.full_like(x, 7.0))
+
+    expected = torch.mean(s2 * 2.0)  # |2| on the noisy frames, weighted by sigma^2; the clean prefix skipped
+    got = fm.loss(off, x0, torch.zeros(8, 1, 4), generator=torch.Generator().manual_seed(0))
+    assert (k > 0).all() and (k < 4).all()
+    torch.testing.assert_close(got, expected.float(), rtol=1e-4, atol=1e-6)
