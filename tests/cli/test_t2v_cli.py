@@ -139,6 +139,37 @@ def test_train_on_vae_latents_then_generate_pixels(capsys, tmp_path):
     assert exit_info.value.code == 2 and "vae: expected a directory" in capsys.readouterr().err
 
 
+def test_fine_tune_from_a_checkpoint_with_the_absolute_error(capsys, tmp_path):
+    # init=PATH starts from that checkpoint's weights (its text statistics too, not refitted on the new captions)
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    common = ["train", "--preset", "micro-t2v", "--no-progress", cache]
+    assert main([*common, "--out", str(tmp_path / "a"), "steps=2", "seed=5"]) == 0
+    a = tmp_path / "a" / "model.safetensors"
+    # a learning rate too small to move the weights: what comes out is what went in
+    tune = ["steps=1", "lr=1e-12", "samples=16", "absolute_below=0.5", "absolute_scale=0.5"]
+    assert main([*common, "--out", str(tmp_path / "b"), f"init={a}", *tune]) == 0
+    assert f"init: the weights of {a}" in capsys.readouterr().out
+    assert main([*common, "--out", str(tmp_path / "c"), *tune]) == 0  # the same run from random weights
+    wa, wb, wc = ({k: v for k, v in _weights(tmp_path / n / "model.safetensors").items() if k.startswith("model.")}
+                  for n in "abc")
+    assert wa and wa.keys() == wb.keys() == wc.keys()
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+    stats = [k for k in wa if k.endswith((".mean", ".std"))]  # ContextStandardize's statistics
+    assert stats and all(torch.equal(wa[k], wb[k]) and not torch.equal(wa[k], wc[k]) for k in stats)
+    assert not all(torch.allclose(wa[k].float(), wc[k].float(), atol=1e-3) for k in wa)
+    run = TextToVideo.from_checkpoint(tmp_path / "b" / "model.safetensors").extra["run"]["t2v_config"]
+    assert (run["init"], run["absolute_below"], run["absolute_scale"]) == (str(a), 0.5, 0.5)
+    # another architecture, a missing file: one line and status 2, before any text is encoded
+    capsys.readouterr()
+    for bad, says in ((["init=tiny-t2v-16f"], "init: the model of 'tiny-t2v-16f' is not this run's (abs_pos"),
+                      ([f"init={a}", "dim=32"], "dim: 24 there, 32 here"),
+                      ([f"init={tmp_path / 'none.safetensors'}"], "init: expected a veil text-to-video checkpoint")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*common, "--out", str(tmp_path / "x"), *bad])
+        err = capsys.readouterr()
+        assert exit_info.value.code == 2 and says in err.err and "world:" not in err.out
+
+
 # what the shipped checkpoints recover on the demo's 8 prompts, seed 0: clips whose colour / shape / motion / all
 # three the analyzer recovers
 PINNED = {"tiny-t2v": {"colour": 8, "shape": 8, "motion": 8, "all": 8},

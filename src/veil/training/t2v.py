@@ -25,7 +25,14 @@ from torch.utils.data import Dataset
 
 from veil.data import CaptionedVideoWorld, VideoFolder, decode_folder, render_many
 from veil.diffusion import FlowMatching
-from veil.pipelines.t2v import ContextStandardize, PipelineConfig, make_text_encoder
+from veil.pipelines.t2v import (
+    SHIPPED,
+    ContextStandardize,
+    PipelineConfig,
+    default_checkpoint,
+    make_text_encoder,
+    read_checkpoint,
+)
 from veil.training.checkpoint import save_checkpoint
 from veil.training.distributed import full_state
 from veil.training.loop import TrainConfig, Trainer
@@ -69,6 +76,13 @@ class T2VConfig:
             "uniform") and loss weighting ("none" or "sigma_sqr", see :class:`~veil.diffusion.FlowMatching`).
         unshifted: the share of examples whose sigma skips the shift (``FlowMatching.unshifted``): they train the
             nearly clean levels at which sampling ends.
+        absolute_below, absolute_scale: score the examples below this noise level with ``absolute_scale`` times the
+            absolute error instead of the squared one (``FlowMatching.absolute_below``; 0: squared everywhere).
+        init: start from the weights of a veil text-to-video checkpoint (a file, or the name of a shipped one such
+            as "tiny-t2v-16f") instead of random ones: a fine-tune. Its model must be this run's (same
+            architecture and channels; a mismatch is refused naming the fields); with ``text_norm`` its saved text
+            statistics are kept, not refitted. The EMA starts from these weights; ``resume`` still wins. Empty:
+            random initial weights.
         prediction: "x0" (the network predicts the clean clip, see :class:`~veil.pipelines.t2v.XPrediction`) or
             "velocity".
         scheduler, guidance, guidance_interval, sample_steps, sample_shift, overlap: sampling defaults stored with
@@ -120,6 +134,8 @@ class T2VConfig:
     shift: float = 5.0
     timesteps: str = "logit_normal"
     unshifted: float = 0.0
+    absolute_below: float = 0.0
+    absolute_scale: float = 1.0
     loss_weight: str = "none"
     text_norm: bool = True
     pooled_text: bool = False
@@ -152,6 +168,7 @@ class T2VConfig:
     sp_layout: str = "contiguous"
     data: str = ""
     vae: str = ""
+    init: str = ""
 
     def __post_init__(self) -> None:
         self.patch = tuple(self.patch)  # type: ignore[assignment]
@@ -388,6 +405,8 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
         torch.set_num_threads(config.threads)
     out = Path(out_dir)
     t0 = time.perf_counter()
+    pipeline = config.pipeline()
+    initial = _initial_weights(config.init, pipeline) if config.init else None  # checked before the slow part
     encoder = make_text_encoder(config.text_encoder, Path(config.cache_dir).expanduser())
     several = torch.distributed.is_available() and torch.distributed.is_initialized()
     main = not several or torch.distributed.get_rank() == 0
@@ -412,20 +431,24 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
     else:
         log(f"data: {len(data)} clips from {config.data} ({config.frames} frames of {config.size}x{config.size}), "
             f"{data.distinct} distinct captions encoded in {time.perf_counter() - t0:.1f} s")
-    pipeline = config.pipeline()
+    if initial is not None:
+        log(f"init: the weights of {config.init}")
     if config.vae:  # the clips become the VAE's latents once, before training
         data.videos = _encode_clips(pipeline.build_codec(), data.videos)
         log(f"vae: {len(data)} clips encoded to latents {list(data.videos.shape[1:])}")
 
     def build() -> torch.nn.Module:  # called by the trainer once the run's seed is set: seeded initial weights
         model = pipeline.build_model()
-        if config.text_norm:
+        if initial is not None:  # a fine-tune: the checkpoint's weights, its text statistics included
+            model.load_state_dict(initial)
+        elif config.text_norm:
             norm = next(m for m in model.modules() if isinstance(m, ContextStandardize))
             norm.fit(data.embeddings)
         return model
 
     objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
-                             unshifted=config.unshifted,
+                             unshifted=config.unshifted, absolute_below=config.absolute_below,
+                             absolute_scale=config.absolute_scale,
                              weighting=typing.cast(Any, config.loss_weight), context_frames=config.context_frames,
                              context_one_patch=config.context_one_patch, context_high_noise=config.context_high_noise,
                              frame_patch=config.patch[0])
@@ -448,6 +471,40 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
                              {"pipeline": pipeline.to_dict(), "run": run_info, "held_out": held_out})
     log(f"trained {trainer.step - start} steps in {seconds:.0f} s; wrote {path}")
     return path
+
+
+_INIT_MUST_MATCH = ("prediction", "text_encoder", "text_norm", "objective")
+
+
+def _initial_weights(init: str, pipeline: PipelineConfig) -> dict[str, Tensor]:
+    """The inference weights of checkpoint ``init`` (a path or a shipped name), checked against ``pipeline``'s model.
+
+    Raises:
+        ValueError: no such checkpoint, not a text-to-video one, or a model other than ``pipeline``'s.
+    """
+    path = Path(init).expanduser()
+    if not path.exists() and init in SHIPPED:
+        path = default_checkpoint(init)
+    try:
+        theirs, weights, _ = read_checkpoint(path)
+    except ValueError as e:
+        raise ValueError(f"init: expected a veil text-to-video checkpoint or one of {list(SHIPPED)}, "
+                         f"got {init!r} ({e})") from e
+    # the architecture, and what its inputs and outputs mean
+    ours, theirs_d = pipeline.to_dict(), theirs.to_dict()
+    mine = {**ours["model"], **{k: ours[k] for k in _INIT_MUST_MATCH}, "codec": ours["codec"]["kind"]}
+    other = {**theirs_d["model"], **{k: theirs_d[k] for k in _INIT_MUST_MATCH}, "codec": theirs_d["codec"]["kind"]}
+    differ = [f"{k}: {other.get(k, '(unset)')!r} there, {mine.get(k, '(unset)')!r} here"
+              for k in sorted(set(mine) | set(other)) if mine.get(k) != other.get(k)]
+    if differ:
+        raise ValueError(f"init: the model of {init!r} is not this run's ({'; '.join(differ)})")
+    expected = pipeline.build_model().state_dict()
+    missing, unexpected = sorted(expected.keys() - weights.keys()), sorted(weights.keys() - expected.keys())
+    wrong = [k for k in sorted(expected.keys() & weights.keys()) if expected[k].shape != weights[k].shape]
+    if missing or unexpected or wrong:
+        raise ValueError(f"init: the weights of {init!r} do not fit the model (missing {missing[:5]}, unexpected "
+                         f"{unexpected[:5]}, other shapes {wrong[:5]})")
+    return weights
 
 
 @torch.no_grad()
