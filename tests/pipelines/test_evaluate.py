@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+from tests.pipelines.t2v_helpers import HashEncoder, randomize, tiny_config
 from veil.data import COLOURS, make_video
-from veil.pipelines import PixelCodec
+from veil.pipelines import PixelCodec, TextToVideo
 from veil.pipelines.evaluate import (
     caption_sensitivity,
     default_prompts,
@@ -16,6 +17,7 @@ from veil.pipelines.evaluate import (
     evaluate,
     extension_ceiling,
     fidelity_scores,
+    head_span_projection,
     score_videos,
     truth_of,
     window_scores,
@@ -179,6 +181,34 @@ def test_denoiser_floor_measures_the_estimate_from_noised_renders():
     with pytest.raises(ValueError, match="truths"):
         denoiser_floor(pipe, [])
     assert denoiser_floor(WorldPipeline(), TRIPLES) is None
+
+
+def _tiny_pipeline(prediction: str) -> TextToVideo:
+    config = tiny_config(prediction)
+    return TextToVideo(randomize(config.build_model()), PixelCodec(), HashEncoder(), config)
+
+
+def test_head_span_projection_keeps_what_the_head_can_draw_and_removes_the_rest():
+    pipe = _tiny_pipeline("x0")
+    wan = pipe.model.model
+    weight, bias = wan.proj_out.weight.detach(), wan.proj_out.bias.detach()  # (2*8*8*3, 24), (384,)
+    grid = (2, 4, 4)  # a [1, 3, 4, 32, 32] clip in 2x8x8 patches
+    h = torch.randn(1, 32, 24, dtype=torch.float64)
+    drawable = wan.unpatchify((h @ weight.double().T + bias.double()).float(), grid)  # in the head's span
+    assert drawable.shape == (1, 3, 4, 32, 32)
+    torch.testing.assert_close(head_span_projection(pipe, drawable), drawable, atol=1e-4, rtol=1e-4)
+    # a part orthogonal to the span (per patch) is removed exactly
+    q, _ = torch.linalg.qr(weight.double())  # (384, 24): an orthonormal basis of the span
+    r = torch.randn(32, 384, dtype=torch.float64)
+    r = r - (r @ q) @ q.T
+    off = drawable + wan.unpatchify(r.float()[None], grid)
+    torch.testing.assert_close(head_span_projection(pipe, off), drawable, atol=1e-4, rtol=1e-4)
+    # the floor reports it beside the noise levels; a velocity network's estimate is not bound to its head
+    floor = denoiser_floor(pipe, TRIPLES[:2], sigmas=(0.2,))
+    assert list(floor) == ["0.2", "head", "rendered"] and floor["head"]["background"] > 0
+    assert head_span_projection(_tiny_pipeline("velocity"), drawable) is None
+    with pytest.raises(ValueError, match="latents"):
+        head_span_projection(pipe, drawable[:, :, :3])
 
 
 def test_caption_sensitivity_of_a_continuation_sees_the_prefix_clean_and_scores_the_rest():

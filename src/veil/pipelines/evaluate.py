@@ -35,11 +35,12 @@ from veil.data import (
 )
 from veil.data.fidelity import fidelity
 from veil.data.world import RADIUS, check_edges
+from veil.models import WanDiT
 from veil.pipelines.media import save_grid
 
 __all__ = ["ATTRIBUTES", "CONTINUED_SIGMAS", "SENSITIVITY_SIGMAS", "caption_sensitivity", "default_prompts",
-           "evaluate", "extension_ceiling", "fidelity_scores", "score_videos", "trained_world", "truth_of",
-           "window_scores"]
+           "evaluate", "extension_ceiling", "fidelity_scores", "head_span_projection", "score_videos", "trained_world",
+           "truth_of", "window_scores"]
 
 ATTRIBUTES = ("colour", "shape", "motion")
 
@@ -204,9 +205,16 @@ def denoiser_floor(pipeline: Any, truths: Sequence[tuple[str, str, str]], *, sig
     its own noisy clip rather than a render's; where even the estimate from a render misses a target at every
     level, a better sampler is unlikely to reach it and the model itself has to draw more cleanly.
 
+    For a network that predicts the clean clip through a linear patch head (a :class:`~veil.models.WanDiT` under
+    ``prediction="x0"``), every clean-clip estimate is ``W h + b`` per token: it lies in the affine span of the
+    head's weights whatever the rest of the network computes. ``"head"`` measures the renders projected onto that
+    span (least squares per patch): the best that head can draw. Far below the levels above, the head is not what
+    limits the model; near them, it is.
+
     Returns:
-        ``{f"{sigma:g}": m, "rendered": m}`` with ``m`` as in :func:`fidelity_scores`; None for a pipeline whose
-        objective is not flow matching or that exposes no denoiser (``model``, ``codec``, ``encode_prompts``).
+        ``{f"{sigma:g}": m, ["head": m,] "rendered": m}`` with ``m`` as in :func:`fidelity_scores`; None for a
+        pipeline whose objective is not flow matching or that exposes no denoiser (``model``, ``codec``,
+        ``encode_prompts``).
     """
     if not _has_denoiser(pipeline):
         return None
@@ -229,8 +237,44 @@ def denoiser_floor(pipeline: Any, truths: Sequence[tuple[str, str, str]], *, sig
         timestep = torch.full((len(truths),), 1000.0 * sigma, device=xt.device)
         v = pipeline.model(xt, timestep, ctx, lengths).float()
         out[f"{sigma:g}"] = _fidelity_means(pipeline.codec.decode(xt - sigma * v).float().cpu(), truths, wrap)
+    projected = head_span_projection(pipeline, latents)
+    if projected is not None:
+        out["head"] = _fidelity_means(pipeline.codec.decode(projected).float().cpu(), truths, wrap)
     out["rendered"] = _fidelity_means(x0.float().cpu(), truths, wrap)
     return out
+
+
+@torch.no_grad()
+def head_span_projection(pipeline: Any, latents: Tensor) -> Tensor | None:
+    """``latents`` [B, C, T, H, W] projected onto the affine span of the pipeline's linear output head.
+
+    The head of a :class:`~veil.models.WanDiT` maps each token's features ``h`` to a patch ``W h + b`` (``W``
+    ``[C_out * prod(patch), E]``); with ``prediction="x0"`` that patch is the clean-clip estimate, so no estimate
+    leaves ``{W h + b}``. Each patch of ``latents`` is replaced by its nearest point there (least squares in
+    float64; the first C of the head's output channels, as :class:`~veil.pipelines.t2v.XPrediction` reads them).
+
+    Returns:
+        The projected latents (``latents``' shape and dtype), or None where the pipeline's network predicts
+        something else (``prediction`` not ``"x0"``) or has no WanDiT head.
+    """
+    if getattr(pipeline.config, "prediction", None) != "x0":
+        return None
+    wan = next((m for m in pipeline.model.modules() if isinstance(m, WanDiT)), None)
+    if wan is None:
+        return None
+    (pt, ph, pw), (b, c, t, h, w) = wan.config.patch_size, latents.shape
+    if c > wan.config.out_channels or t % pt or h % ph or w % pw:
+        raise ValueError(f"latents: expected [B, <= {wan.config.out_channels}, T, H, W] divisible by the patch "
+                         f"{(pt, ph, pw)}, got {list(latents.shape)}")
+    weight = wan.proj_out.weight.double().reshape(pt * ph * pw, wan.config.out_channels, -1)[:, :c].flatten(0, 1)
+    bias = wan.proj_out.bias.double().reshape(pt * ph * pw, wan.config.out_channels)[:, :c].flatten()
+    # (B, C, T, H, W) -> one row per patch in the head's order (pt, ph, pw, C), as WanDiT.unpatchify reads it
+    x = latents.double().reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 3, 5, 7, 1)
+    rows = x.reshape(-1, pt * ph * pw * c)
+    coef = torch.linalg.lstsq(weight, (rows - bias).T).solution  # (E, patches)
+    near = (weight @ coef).T + bias
+    near = near.reshape(b, t // pt, h // ph, w // pw, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
+    return near.reshape(latents.shape).to(latents.dtype)
 
 
 SENSITIVITY_SIGMAS = (0.5, 0.8, 0.9, 0.95)
@@ -446,8 +490,8 @@ def markdown(report: dict[str, Any]) -> str:
                   "the world's renders noised to sigma: how cleanly it draws when handed the answer.", "",
                   "| from a render at | background residual | square fill | edge rise (px) | edges <= 1.5 px |",
                   "|---|---|---|---|---|"]
-        lines += [_fidelity_row("the render itself" if name == "rendered" else f"sigma {name}", m)
-                  for name, m in report["fidelity_floor"].items()]
+        names = {"rendered": "the render itself", "head": "the render projected onto the output head's span"}
+        lines += [_fidelity_row(names.get(name, f"sigma {name}"), m) for name, m in report["fidelity_floor"].items()]
     for key, what in (("sensitivity", "Caption sensitivity"),
                       ("sensitivity_continued", "Caption sensitivity of a clip continued from its clean first "
                                                 "temporal patch")):
