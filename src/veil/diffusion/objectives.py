@@ -205,7 +205,8 @@ class FlowMatching:
         for name in ("context_frames", "context_one_patch", "context_high_noise", "unshifted", "absolute_below"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}: expected a share in [0, 1], got {value!r}")
+                what = "a noise level" if name == "absolute_below" else "a share"
+                raise ValueError(f"{name}: expected {what} in [0, 1], got {value!r}")
         if isinstance(self.frame_patch, bool) or not isinstance(self.frame_patch, int) or self.frame_patch < 1:
             raise ValueError(f"frame_patch: expected a positive int, got {self.frame_patch!r}")
         if not self.shift > 0:
