@@ -272,9 +272,8 @@ def head_span_projection(pipeline: Any, latents: Tensor) -> Tensor | None:
     x = latents.double().reshape(b, c, t // pt, pt, h // ph, ph, w // pw, pw).permute(0, 2, 4, 6, 3, 5, 7, 1)
     rows = x.reshape(-1, pt * ph * pw * c)
     coef = torch.linalg.lstsq(weight, (rows - bias).T).solution  # (E, patches)
-    near = (weight @ coef).T + bias
-    near = near.reshape(b, t // pt, h // ph, w // pw, pt, ph, pw, c).permute(0, 7, 1, 4, 2, 5, 3, 6)
-    return near.reshape(latents.shape).to(latents.dtype)
+    near = ((weight @ coef).T + bias).reshape(b, -1, pt * ph * pw * c)  # (B, L, pt * ph * pw * C)
+    return wan.unpatchify(near, (t // pt, h // ph, w // pw)).to(latents.dtype)
 
 
 SENSITIVITY_SIGMAS = (0.5, 0.8, 0.9, 0.95)

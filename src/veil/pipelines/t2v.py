@@ -30,7 +30,7 @@ from veil.pipelines.media import save_grid, save_video
 from veil.text.weighting import parse_weights
 
 __all__ = ["DEFAULT_CHECKPOINT", "SHIPPED", "ContextStandardize", "PipelineConfig", "TextToVideo", "XPrediction",
-           "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]
+           "checkpoint_path", "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]
 
 SHIPPED = ("tiny-t2v-16f", "tiny-t2v")  # checkpoints in the package's veil/assets, the default first
 DEFAULT_CHECKPOINT = f"{SHIPPED[0]}.safetensors"
@@ -233,6 +233,14 @@ def default_checkpoint(name: str | None = None) -> Path:
     return Path(str(resources.files("veil") / "assets" / f"{name}.safetensors"))
 
 
+def checkpoint_path(path: str | os.PathLike | None) -> Path:
+    """``path`` itself, or the shipped checkpoint of that name (:func:`default_checkpoint`) where no such file exists;
+    None: the default shipped checkpoint."""
+    if path is None or (str(path) in SHIPPED and not Path(path).exists()):
+        return default_checkpoint(None if path is None else str(path))
+    return Path(path)
+
+
 def _untuple(obj: Any) -> Any:  # veil checkpoints write tuples as {"__tuple__": [...]}
     if isinstance(obj, dict):
         if set(obj) == {"__tuple__"}:
@@ -314,9 +322,7 @@ class TextToVideo:
         Raises:
             ValueError: a missing / unreadable file, no pipeline config, or weights that do not fit.
         """
-        if path is None or (str(path) in SHIPPED and not Path(path).exists()):
-            path = default_checkpoint(None if path is None else str(path))
-        path = Path(path)
+        path = checkpoint_path(path)
         config, weights, extra = read_checkpoint(path)
         model = config.build_model()
         missing, unexpected = (sorted(model.state_dict().keys() - weights.keys()),

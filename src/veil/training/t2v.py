@@ -29,7 +29,7 @@ from veil.pipelines.t2v import (
     SHIPPED,
     ContextStandardize,
     PipelineConfig,
-    default_checkpoint,
+    checkpoint_path,
     make_text_encoder,
     read_checkpoint,
 )
@@ -482,11 +482,8 @@ def _initial_weights(init: str, pipeline: PipelineConfig) -> dict[str, Tensor]:
     Raises:
         ValueError: no such checkpoint, not a text-to-video one, or a model other than ``pipeline``'s.
     """
-    path = Path(init).expanduser()
-    if not path.exists() and init in SHIPPED:
-        path = default_checkpoint(init)
     try:
-        theirs, weights, _ = read_checkpoint(path)
+        theirs, weights, _ = read_checkpoint(checkpoint_path(Path(init).expanduser()))
     except ValueError as e:
         raise ValueError(f"init: expected a veil text-to-video checkpoint or one of {list(SHIPPED)}, "
                          f"got {init!r} ({e})") from e
