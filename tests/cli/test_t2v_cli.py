@@ -69,6 +69,42 @@ def test_train_micro_checkpoints_resumes_and_generates(capsys, tmp_path):
         assert err[-1].startswith("veil generate: error:") and "Traceback" not in "\n".join(err)
 
 
+def test_train_two_experts_on_parts_of_the_schedule_then_generate_with_both(capsys, tmp_path):
+    cache = f"cache_dir={tmp_path / 'cache'}"
+    high, low = tmp_path / "high", tmp_path / "low"
+    assert main(["train", "--preset", "micro-t2v", "--out", str(high), "--no-progress", cache, "steps=2",
+                 "sigma_min=0.6"]) == 0
+    # the low-noise expert: a fine-tune of the high-noise one below its boundary (keeps its text statistics)
+    assert main(["train", "--preset", "micro-t2v", "--out", str(low), "--no-progress", cache, "steps=2",
+                 "sigma_max=0.6", f"init={high / 'model.safetensors'}"]) == 0
+    assert TextToVideo.from_checkpoint(low / "model.safetensors").config.sigma_range == [0.0, 0.6]
+    assert TextToVideo.from_checkpoint(high / "model.safetensors").config.sigma_range == [0.6, 1.0]
+    capsys.readouterr()
+    gif = tmp_path / "a.gif"
+    assert main(["generate", "a red circle moving right", "-o", str(gif), "--checkpoint",
+                 str(high / "model.safetensors"), "--low-noise", str(low / "model.safetensors"), "--steps",
+                 "4"]) == 0
+    out = capsys.readouterr().out
+    assert "at noise levels >= 0.6" in out and "8 frames of 32x32" in out and gif.is_file()
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red square moving left\n")
+    assert main(["eval", "--checkpoint", str(high / "model.safetensors"), "--low-noise", str(low / "model.safetensors"),
+                 "--prompts", str(prompts), "--steps", "2", "--extension-prompts", "0", "--no-fidelity",
+                 "--no-sensitivity", "--out", str(tmp_path / "eval")]) == 0
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["experts"]["boundary"] == 0.6 and report["experts"]["low_noise"] == str(low / "model.safetensors")
+    assert "at noise levels >= 0.6" in (tmp_path / "eval" / "report.md").read_text()
+    for argv, message in ((["--boundary", "0.8"], "leaves noise levels that neither expert"),
+                          (["--boundary", "0.5"], "leaves noise levels that neither expert"),
+                          ([], "only with low_noise")):
+        low_args = ["--low-noise", str(low / "model.safetensors")] if argv else ["--boundary", "0.5"]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["generate", "a red circle", "-o", str(gif), "--checkpoint", str(high / "model.safetensors"),
+                  "--steps", "1", *low_args, *argv])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and message in err[-1] and "Traceback" not in "\n".join(err)
+
+
 def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
     # the checkpoint ships in the package: a missing asset is a failure, not a skip
     for name in SHIPPED:

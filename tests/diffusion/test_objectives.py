@@ -172,6 +172,52 @@ def test_flow_matching_unshifted_share_skips_the_shift_and_adds_no_draw_when_zer
             FlowMatching(unshifted=bad)
 
 
+def _ks(a: torch.Tensor, b: torch.Tensor, lo: float, hi: float) -> float:
+    """Kolmogorov-Smirnov distance of two samples on a grid of [lo, hi]."""
+    xs = torch.linspace(lo, hi, 257, dtype=torch.float64)
+    def cdf(v):
+        return torch.searchsorted(v.double().sort().values, xs, right=True).double() / v.numel()
+    return (cdf(a) - cdf(b)).abs().max().item()
+
+
+@pytest.mark.parametrize("kw", [dict(shift=5.0, sampling="logit_normal"),
+                                dict(shift=5.0, sampling="logit_normal", unshifted=0.3),
+                                dict(shift=3.0, sampling="uniform", unshifted=0.5)])
+@pytest.mark.parametrize("lo, hi", [(0.0, 0.875), (0.875, 1.0), (0.2, 0.6)])
+def test_flow_matching_sigma_range_draws_the_truncated_distribution(kw, lo, hi):
+    # the oracle: rejection sampling, the untruncated draws that land in the range
+    full = FlowMatching(**kw).sample_sigma(200_000, generator=torch.Generator().manual_seed(1))
+    kept = full[(full >= lo) & (full <= hi)]
+    got = FlowMatching(**kw, sigma_min=lo, sigma_max=hi).sample_sigma(50_000,
+                                                                       generator=torch.Generator().manual_seed(2))
+    assert got.min().item() >= lo and got.max().item() <= hi
+    # two samples of >= 20k draws from one distribution: KS distance ~0.01; the mixture without its share
+    # reweighted by each kind's mass in the range is 0.045-0.1 away
+    assert _ks(kept, got, lo, hi) < 0.02
+
+
+def test_flow_matching_sigma_range_literal_and_errors():
+    u = torch.rand(64, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    # uniform with shift 3: the inverse of the shift maps 0.6 to 0.6 / (3 - 2 * 0.6) = 1/3
+    got = FlowMatching(shift=3.0, sigma_max=0.6).sample_sigma(64, generator=torch.Generator().manual_seed(0))
+    w = u / 3
+    torch.testing.assert_close(got, (3 * w / (1 + 2 * w)).float())
+    # the whole range draws exactly what a run without the fields draws
+    assert torch.equal(FlowMatching(shift=5.0, sampling="logit_normal", sigma_min=0.0, sigma_max=1.0).sample_sigma(
+        99, generator=torch.Generator().manual_seed(3)), FlowMatching(shift=5.0, sampling="logit_normal").sample_sigma(
+        99, generator=torch.Generator().manual_seed(3)))
+    # continuation examples: the noisy frames in the range, the clean prefix at 0
+    ex = FlowMatching(shift=5.0, sigma_max=0.5, context_frames=1.0, frame_patch=2).example(
+        torch.zeros(64, 1, 4, 1, 1), generator=torch.Generator().manual_seed(0))
+    assert ex.timestep.max().item() <= 500.0 and (ex.timestep[:, :2] == 0).all()
+    for bad, match in ((dict(sigma_min=-0.1), "sigma_min"), (dict(sigma_max=1.5), "sigma_max"),
+                       (dict(sigma_min=0.5, sigma_max=0.5), "sigma_min < sigma_max"),
+                       (dict(sigma_max=True), "sigma_max"),
+                       (dict(sigma_max=0.875, context_frames=0.5, context_high_noise=0.5), "context_high_noise")):
+        with pytest.raises(ValueError, match=match):
+            FlowMatching(**bad)
+
+
 def _linear_abar() -> np.ndarray:
     betas = np.linspace(1e-4, 0.02, 1000, dtype=np.float64)
     return np.cumprod(1 - betas)

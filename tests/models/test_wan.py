@@ -214,11 +214,30 @@ def test_timestep_experts_route_per_sample_at_the_boundary():
                               high(x, torch.full((4,), 900.0), context, lengths), atol=1e-6, rtol=0)
         assert (experts(x, 100.0, context, lengths) - high(x, 100.0, context, lengths)).abs().max() > 1e-3
     with pytest.raises(ValueError, match="timestep"):
-        experts(x, torch.zeros(4, 3), context)
+        experts(x, torch.zeros(3, 4), context)
     with pytest.raises(ValueError, match="boundary"):
         TimestepExperts(high, low, boundary=1.5)
     with pytest.raises(ValueError, match="offload_device"):
         TimestepExperts(high, low, keep_active_only=True, offload_device="meta")
+
+
+def test_timestep_experts_route_per_token_timesteps_by_the_noisiest_token():
+    high = WanDiT.from_diffusers(_diffusers(seed=0)).eval()
+    low = WanDiT.from_diffusers(_diffusers(seed=5)).eval()
+    experts = TimestepExperts(high, low, boundary=0.875)
+    x, _, context, lengths = _inputs(bsz=3)
+    tokens = 3 * 4 * 4  # 3 frames of 8x8 in 1x2x2 patches
+    clean = torch.arange(tokens) < 16  # the first frame's tokens: a clean context frame at timestep 0
+    t = torch.stack([torch.where(clean, 0.0, 900.0), torch.where(clean, 0.0, 600.0), torch.full((tokens,), 875.0)])
+    assert experts.route(t, 3).tolist() == [True, False, True]
+    assert experts.route(t.reshape(3, 3, 16), 3).tolist() == [True, False, True]  # per frame and token alike
+    with torch.no_grad():
+        out = experts(x, t, context, lengths)
+        for b, model in enumerate([high, low, high]):
+            alone = model(x[b:b + 1], t[b:b + 1], context[b:b + 1], lengths[b:b + 1])
+            assert torch.allclose(out[b:b + 1], alone, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match=r"timestep: expected a scalar, \[B\] = \[3\]"):
+        experts.route(torch.zeros(2, tokens), 3)
 
 
 def test_timestep_experts_keep_only_the_active_expert():

@@ -315,3 +315,63 @@ def test_a_vae_pipeline_samples_latents_and_round_trips_through_its_checkpoint(t
         bad.build_codec()
     with pytest.raises(ValueError, match="codec"):
         tiny_config(codec={"kind": "vae"}).build_codec()
+
+
+def test_from_checkpoint_with_a_low_noise_expert_runs_each_step_on_its_expert(tmp_path):
+    from veil.models import TimestepExperts
+
+    enc = HashEncoder()
+    high_cfg, low_cfg = tiny_config(clean_anchors=True), tiny_config(clean_anchors=True, sigma_range=[0.0, 0.6])
+    high = save_checkpoint(tmp_path / "high.safetensors", step=1, model=randomize(high_cfg.build_model(), 0),
+                           extra={"pipeline": high_cfg.to_dict()})
+    low = save_checkpoint(tmp_path / "low.safetensors", step=1, model=randomize(low_cfg.build_model(), 1),
+                          extra={"pipeline": low_cfg.to_dict()})
+    pipe = TextToVideo.from_checkpoint(high, low_noise=low, text_encoder=enc)
+    # the boundary defaults to the upper end of the low-noise expert's training range
+    assert isinstance(pipe.model, TimestepExperts) and pipe.model.boundary == 0.6
+    assert pipe.extra["experts"] == {"high_noise": str(high), "low_noise": str(low), "boundary": 0.6}
+    calls = {"high": [], "low": []}
+    pipe.model.high_noise_model = Spy(pipe.model.high_noise_model, calls["high"])
+    pipe.model.low_noise_model = Spy(pipe.model.low_noise_model, calls["low"])
+    mixed = pipe(["a red circle"], steps=6, seed=2, extend_to=6)
+    # every step on its expert, including the extension's steps, whose anchored frames are clean at timestep 0
+    assert calls["high"] and calls["low"]
+    assert all(t.max() >= 600 for _, t in calls["high"]) and all(t.max() < 600 for _, t in calls["low"])
+    assert any(t.dim() == 2 and (t == 0).any() for _, t in calls["low"] + calls["high"])
+    # the oracle: with one checkpoint as both experts the pipeline is the single-model one, to the bit
+    alone = TextToVideo.from_checkpoint(high, text_encoder=enc)(["a red circle"], steps=6, seed=2, extend_to=6)
+    same = TextToVideo.from_checkpoint(high, low_noise=high, boundary=0.6, text_encoder=enc)
+    assert torch.equal(same(["a red circle"], steps=6, seed=2, extend_to=6), alone)
+    assert (mixed - alone).abs().max() > 1e-3
+    # bad pairs and boundaries are refused, naming what differs
+    other = tiny_config(clean_anchors=True)
+    other.size = 16
+    bad = save_checkpoint(tmp_path / "bad.safetensors", step=1, model=other.build_model(),
+                          extra={"pipeline": other.to_dict()})
+    with pytest.raises(ValueError, match=r"low_noise: .*size: 32 there, 16 here"):
+        TextToVideo.from_checkpoint(high, low_noise=bad, text_encoder=enc)
+    with pytest.raises(ValueError, match=r"boundary: 0.9 leaves noise levels .*up to 0.6"):
+        TextToVideo.from_checkpoint(high, low_noise=low, boundary=0.9, text_encoder=enc)
+    with pytest.raises(ValueError, match=r"boundary: expected a noise level in \(0, 1\]"):
+        TextToVideo.from_checkpoint(high, low_noise=high, boundary=0.0, text_encoder=enc)
+    with pytest.raises(ValueError, match="boundary: only with low_noise"):
+        TextToVideo.from_checkpoint(high, boundary=0.5, text_encoder=enc)
+
+
+def test_prompt_weighting_with_experts_needs_one_set_of_text_statistics(tmp_path):
+    from veil.pipelines import ContextStandardize
+
+    cfg = tiny_config(text_norm=True)
+    paths = []
+    for seed in (0, 1):
+        model = randomize(cfg.build_model(), seed)
+        norm = next(m for m in model.modules() if isinstance(m, ContextStandardize))
+        norm.fit([torch.randn(6, 16, generator=torch.Generator().manual_seed(seed)) + 1])
+        paths.append(save_checkpoint(tmp_path / f"{seed}.safetensors", step=1, model=model,
+                                     extra={"pipeline": cfg.to_dict()}))
+    same = TextToVideo.from_checkpoint(paths[0], low_noise=paths[0], text_encoder=HashEncoder())
+    assert same(["a (red:1.5) circle"], steps=2).shape == (1, 3, 4, 32, 32)
+    differ = TextToVideo.from_checkpoint(paths[0], low_noise=paths[1], text_encoder=HashEncoder())
+    assert differ(["a red circle"], steps=2).shape == (1, 3, 4, 32, 32)  # unweighted: each expert its own
+    with pytest.raises(ValueError, match="one set of text statistics"):
+        differ(["a (red:1.5) circle"], steps=2)

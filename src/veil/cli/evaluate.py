@@ -20,6 +20,12 @@ def add_parser(sub) -> None:
                                    "extend some prompts 4x, and write report.json, report.md and GIF grids to --out.")
     p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v-16f "
                    "(the default, 16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame)")
+    p.add_argument("--low-noise", metavar="CHECKPOINT",
+                   help="a low-noise expert: --checkpoint then denoises the high-noise steps and this one the rest, "
+                        "as Wan 2.2's two experts (train one with 'veil train sigma_max=0.875 ...')")
+    p.add_argument("--boundary", type=float,
+                   help="with --low-noise: the noise level in (0, 1] from which the --checkpoint expert is used "
+                        "(default: where the experts' training ranges meet, else 0.875)")
     p.add_argument("--prompts", help="a text file, one prompt per line (default: every seen combination)")
     p.add_argument("--out", default="out/eval", help="report directory (default out/eval)")
     p.add_argument("--seed", type=int, default=0)
@@ -39,7 +45,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    pipe = TextToVideo.from_checkpoint(args.checkpoint)
+    pipe = TextToVideo.from_checkpoint(args.checkpoint, low_noise=args.low_noise, boundary=args.boundary)
     prompts = None
     if args.prompts:
         prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]

@@ -27,6 +27,12 @@ def add_parser(sub) -> None:
     p.add_argument("--extend", type=int, metavar="N", help="extend to N frames, window by window")
     p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v-16f "
                    "(the default, 16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame)")
+    p.add_argument("--low-noise", metavar="CHECKPOINT",
+                   help="a low-noise expert: --checkpoint then denoises the high-noise steps and this one the rest, "
+                        "as Wan 2.2's two experts (train one with 'veil train sigma_max=0.875 ...')")
+    p.add_argument("--boundary", type=float,
+                   help="with --low-noise: the noise level in (0, 1] from which the --checkpoint expert is used "
+                        "(default: where the experts' training ranges meet, else 0.875)")
     p.add_argument("--sp", type=int, metavar="K",
                    help="sequence-parallel over K processes: launch with 'torchrun --nproc-per-node K -m veil.cli.main "
                         "generate ... --sp K'; rank 0 writes the file")
@@ -58,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
         if args.sp > 1:
             rank, _ = init()
             main = rank == 0
-    pipe = TextToVideo.from_checkpoint(args.checkpoint)
+    pipe = TextToVideo.from_checkpoint(args.checkpoint, low_noise=args.low_noise, boundary=args.boundary)
+    experts = pipe.extra.get("experts")
+    if experts and main:
+        print(f"experts: {experts['high_noise']} at noise levels >= {experts['boundary']:g}, "
+              f"{experts['low_noise']} below")
     if args.sp is not None and args.sp > 1:
         pipe.enable_sequence_parallel()
     keyframes = dict(_keyframe(k, pipe.config.size) for k in args.keyframe) or None

@@ -183,6 +183,13 @@ class FlowMatching:
             in fine-tunes of ``tiny-t2v-16f``; at high noise it trains the per-element median of the possible
             clips instead of their mean, which lost shapes there, hence the threshold (docs/t2v.md). It draws
             nothing: the examples are those of a run without it.
+        sigma_min, sigma_max: draw the noise levels from this part of the schedule only: the distribution above
+            (shift and ``unshifted`` share included) truncated to ``[sigma_min, sigma_max]``, by mapping the uniform
+            draw into the matching interval of its inverse CDF (one draw per example, as without them). This trains
+            one expert of a pair split along the noise axis (:class:`~veil.models.TimestepExperts`, Wan 2.2's
+            high- and low-noise experts): ``sigma_max=0.875`` the low-noise expert of a boundary of 0.875,
+            ``sigma_min=0.875`` the high-noise one. Clean context frames stay at 0. The defaults, 0 and 1, draw
+            what a run without them draws.
 
     Raises:
         ValueError: a field out of range.
@@ -200,6 +207,8 @@ class FlowMatching:
     unshifted: float = 0.0
     absolute_below: float = 0.0
     absolute_scale: float = 1.0
+    sigma_min: float = 0.0
+    sigma_max: float = 1.0
 
     def __post_init__(self) -> None:
         for name in ("context_frames", "context_one_patch", "context_high_noise", "unshifted", "absolute_below"):
@@ -220,6 +229,28 @@ class FlowMatching:
         scale = self.absolute_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (scale > 0 and math.isfinite(scale)):
             raise ValueError(f"absolute_scale: expected a positive finite number, got {scale!r}")
+        lo, hi = self.sigma_min, self.sigma_max
+        for name, value in (("sigma_min", lo), ("sigma_max", hi)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name}: expected a noise level in [0, 1], got {value!r}")
+        if not lo < hi:
+            raise ValueError(f"sigma_min, sigma_max: expected sigma_min < sigma_max, got {lo!r} and {hi!r}")
+        if self.context_high_noise > 0 and (hi < 1 or lo > 0.95):
+            raise ValueError(f"context_high_noise: draws noise levels in [0.95, 1], outside sigma_min, sigma_max = "
+                             f"[{lo!r}, {hi!r}]; set context_high_noise=0 for an expert of part of the schedule")
+
+    def _inverse_cdf_bounds(self, shifted: bool) -> tuple[float, float]:
+        """The interval of the uniform draw whose noise levels lie in ``[sigma_min, sigma_max]``."""
+        def u_of(sigma: float) -> float:  # the inverse of the draw: sigma -> u, monotonic
+            if shifted:
+                sigma = sigma / (self.shift - (self.shift - 1) * sigma)  # the inverse of shift_sigma
+            if self.sampling == "logit_normal":
+                if sigma <= 0.0 or sigma >= 1.0:
+                    return min(max(sigma, 0.0), 1.0)
+                z = (math.log(sigma / (1 - sigma)) - self.logit_mean) / self.logit_std
+                return 0.5 * (1 + math.erf(z / math.sqrt(2)))  # the standard normal CDF
+            return sigma
+        return u_of(float(self.sigma_min)), u_of(float(self.sigma_max))
 
     def _absolute(self, sigma: Tensor) -> Tensor | None:
         """[B] factors of the absolute error for examples at noise levels ``sigma`` [B] (None: squared everywhere)."""
@@ -231,14 +262,30 @@ class FlowMatching:
     def sample_sigma(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` shifted noise levels in [0, 1], float32 on the generator's device."""
         u = _rand(n, generator)
+        whole = self.sigma_min == 0 and self.sigma_max == 1
+        sigma = shift_sigma(self._inverse_cdf(self._truncate(u, True) if not whole else u), self.shift)
+        if self.unshifted > 0:
+            plain = self._inverse_cdf(self._truncate(u, False) if not whole else u)
+            share = self.unshifted
+            if not whole:  # each kind of draw in the proportion of its mass inside the interval
+                (a, b), (c, d) = self._inverse_cdf_bounds(False), self._inverse_cdf_bounds(True)
+                share = share * (b - a) / max(share * (b - a) + (1 - share) * (d - c), 1e-300)
+            sigma = torch.where(_rand(n, generator) < share, plain, sigma)
+        if not whole:  # rounding at the ends of the interval
+            sigma = sigma.clamp(self.sigma_min, self.sigma_max)
+        return sigma.float()
+
+    def _truncate(self, u: Tensor, shifted: bool) -> Tensor:
+        a, b = self._inverse_cdf_bounds(shifted)
+        return a + (b - a) * u
+
+    def _inverse_cdf(self, u: Tensor) -> Tensor:
+        """Unshifted noise levels of uniform draws ``u``."""
         if self.sampling == "logit_normal":
             # inverse-CDF of the normal keeps one uniform draw per sample, whatever the sampling
             z = self.logit_mean + self.logit_std * math.sqrt(2) * torch.erfinv(2 * u.clamp(1e-7, 1 - 1e-7) - 1)
-            u = torch.sigmoid(z)
-        sigma = shift_sigma(u, self.shift)
-        if self.unshifted > 0:
-            sigma = torch.where(_rand(n, generator) < self.unshifted, u, sigma)
-        return sigma.float()
+            return torch.sigmoid(z)
+        return u
 
     def noise(self, x0: Tensor, noise: Tensor, sigma: Tensor) -> Tensor:
         """``(1 - sigma) x0 + sigma noise`` with ``sigma`` [B] broadcast over [C, T, H, W]."""

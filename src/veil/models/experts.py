@@ -1,7 +1,7 @@
 """Timestep experts: two whole denoisers split along the noise axis (Wan 2.2 A14B's "MoE").
 
-Legend: B batch. A sample with timestep ``t >= boundary * num_train_timesteps`` goes to the high-noise expert
-(layout, early steps), any other to the low-noise expert (detail, late steps): Wan2.2
+Legend: B batch, T frames, N tokens. A sample with timestep ``t >= boundary * num_train_timesteps`` goes to the
+high-noise expert (layout, early steps), any other to the low-noise expert (detail, late steps): Wan2.2
 ``wan/text2video.py`` (``t.item() >= boundary``, ``boundary = 0.875 * num_train_timesteps``, from
 ``wan/configs/wan_t2v_A14B.py``; 0.900 for I2V).
 """
@@ -78,18 +78,24 @@ class TimestepExperts(nn.Module):
     def route(self, timestep: Tensor | float, batch: int) -> Tensor:
         """Bool ``[B]``: True where the sample goes to the high-noise expert.
 
+        A sample with several timesteps (per frame ``[B, T]`` or per token ``[B, N]``, as a continuation with clean
+        context frames at 0 gives them: diffusion forcing) is routed by its largest one: the expert is the one for
+        the noisiest frames, those the step denoises; the clean frames it is conditioned on do not move it.
+
         Args:
-            timestep: ``[B]``, or a scalar shared by the batch.
+            timestep: ``[B]``, ``[B, ...]`` (several per sample), or a scalar shared by the batch.
 
         Raises:
-            ValueError: any other shape (e.g. per-token timesteps: route one timestep per sample).
+            ValueError: a shape whose first dim is not ``B``.
         """
         t = torch.as_tensor(timestep)
         if t.dim() == 0:
             t = t.expand(batch)
-        if tuple(t.shape) != (batch,):
-            raise ValueError(f"timestep: expected a scalar or [B] = [{batch}] (one timestep per sample), got "
+        if t.dim() == 0 or t.shape[0] != batch or t.numel() == 0:
+            raise ValueError(f"timestep: expected a scalar, [B] = [{batch}] or [B, ...] (several per sample), got "
                              f"{list(t.shape)}")
+        if t.dim() > 1:
+            t = t.reshape(batch, -1).amax(1)  # (B,): the noisiest frame of each sample
         return t.double() >= self.threshold
 
     def expert(self, name: Expert) -> nn.Module:
@@ -121,7 +127,7 @@ class TimestepExperts(nn.Module):
         if n_high in (0, bsz):  # the whole batch on one side: no split (every step of a sampler)
             return self.activate("high" if n_high else "low", x.device)(x, timestep, *args, **kwargs)
         t = torch.as_tensor(timestep, device=x.device)
-        t = t.expand(bsz) if t.dim() == 0 else t
+        t = t.expand(bsz) if t.dim() == 0 else t  # (B,) or (B, ...): split with the batch
         order: list[Expert] = ["low", "high"] if self.resident == "low" else ["high", "low"]
         out: Tensor | None = None
         for name in order:

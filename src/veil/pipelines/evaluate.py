@@ -403,6 +403,9 @@ def evaluate(pipeline: Any, prompts: Sequence[str] | None = None, *, held_out: S
     prompts = list(prompts)
     kw = dict(seed=seed, guidance=guidance, steps=steps)
     report: dict[str, Any] = {"exclude": list(exclude or []), "edges": edges, "seed": seed}
+    experts = (getattr(pipeline, "extra", {}) or {}).get("experts")
+    if experts:  # a pair of experts split along the noise axis (TextToVideo.from_checkpoint's low_noise)
+        report["experts"] = dict(experts)
     groups = {"seen": prompts, "held_out": held_out}
     videos: dict[str, Tensor] = {}
     for name, group in groups.items():
@@ -468,8 +471,11 @@ def _fidelity_row(label: str, m: dict[str, Any]) -> str:
 
 def markdown(report: dict[str, Any]) -> str:
     """A short markdown summary of :func:`evaluate`'s report."""
-    lines = ["# Prompt-following evaluation", "", f"exclude (held out in training): {report.get('exclude')}", "",
-             "| prompts | n | colour | shape | motion | all three |", "|---|---|---|---|---|---|"]
+    lines = ["# Prompt-following evaluation", "", f"exclude (held out in training): {report.get('exclude')}", ""]
+    if "experts" in report:
+        e = report["experts"]
+        lines += [f"experts: {e['high_noise']} at noise levels >= {e['boundary']:g}, {e['low_noise']} below", ""]
+    lines += ["| prompts | n | colour | shape | motion | all three |", "|---|---|---|---|---|---|"]
     for name in ("seen", "held_out"):
         if name in report:
             s = report[name]

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from veil.diffusion import DDPMObjective, FlowMatching, extend, make_scheduler, sample
 from veil.distributed import enable_sequence_parallel
+from veil.models.experts import TimestepExperts
 from veil.models.wan import WanDiT
 from veil.models.wan_config import WanConfig
 from veil.pipelines.codecs import PixelCodec, VAECodec
@@ -139,6 +140,8 @@ class PipelineConfig:
             ``AutoencoderKL`` saved at ``DIR``, loaded offline; ``"scaling_factor"`` optional): the model works on
             its latents, ``size`` stays the pixel size and the sampled latents take the codec's
             ``latent_shape``.
+        sigma_range: ``[lo, hi]``: the part of the noise schedule the model was trained on (one expert of a pair
+            split along the noise axis, see :meth:`TextToVideo.from_checkpoint`'s ``low_noise``); None: all of it.
     """
 
     model: dict[str, Any]
@@ -158,6 +161,7 @@ class PipelineConfig:
     clean_anchors: bool = False
     staged: bool = False
     codec: dict[str, Any] = dataclasses.field(default_factory=lambda: {"kind": "pixel"})
+    sigma_range: list[float] | None = None
 
     def build_codec(self) -> nn.Module:
         """The codec this config names (a VAE is loaded from its local path, never downloaded).
@@ -277,6 +281,49 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[PipelineConfig, dict[str, 
     return PipelineConfig.from_dict(extra["pipeline"]), weights, extra
 
 
+def _load_denoiser(path: Path) -> tuple[PipelineConfig, nn.Module, dict[str, Any]]:
+    config, weights, extra = read_checkpoint(path)
+    model = config.build_model()
+    missing, unexpected = (sorted(model.state_dict().keys() - weights.keys()),
+                           sorted(weights.keys() - model.state_dict().keys()))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint {str(path)!r}: weights do not fit the model (missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]})")
+    model.load_state_dict(weights)
+    return config, model, extra
+
+
+_EXPERTS_MUST_MATCH = ("frames", "size", "text_encoder", "objective", "codec", "clean_anchors")
+
+
+def _check_experts(high: PipelineConfig, low: PipelineConfig, high_path: Path, low_path: Path) -> None:
+    """Both experts of a pair read and write the same latents and text (their networks may differ)."""
+    def what(c: PipelineConfig) -> dict[str, Any]:
+        d = c.to_dict()
+        m = d["model"]
+        return {**{k: d[k] for k in _EXPERTS_MUST_MATCH}, "in_channels": m.get("in_channels", 3),
+                "out_channels": m.get("out_channels", 3), "temporal patch": list(m.get("patch_size", [1]))[0]}
+    a, b = what(high), what(low)
+    differ = [f"{k}: {a[k]!r} there, {b[k]!r} here" for k in a if a[k] != b[k]]
+    if differ:
+        raise ValueError(f"low_noise: the expert {str(low_path)!r} does not describe the clips of {str(high_path)!r} "
+                         f"({'; '.join(differ)})")
+
+
+def _expert_boundary(high: PipelineConfig, low: PipelineConfig, boundary: float | None) -> float:
+    """The boundary asked for, or where the experts' training ranges meet; checked against those ranges."""
+    low_hi = low.sigma_range[1] if low.sigma_range else 1.0
+    high_lo = high.sigma_range[0] if high.sigma_range else 0.0
+    if boundary is None:
+        boundary = low_hi if low_hi < 1 else high_lo if high_lo > 0 else 0.875
+    if isinstance(boundary, bool) or not isinstance(boundary, (int, float)) or not 0 < boundary <= 1:
+        raise ValueError(f"boundary: expected a noise level in (0, 1], got {boundary!r}")
+    if boundary > low_hi or boundary < high_lo:
+        raise ValueError(f"boundary: {boundary!r} leaves noise levels that neither expert was trained on (the "
+                         f"low-noise expert up to {low_hi!r}, the high-noise expert from {high_lo!r})")
+    return float(boundary)
+
+
 class TextToVideo:
     """Prompts in, videos out.
 
@@ -309,28 +356,45 @@ class TextToVideo:
         return self
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike | None = None, *, cache_dir: str | os.PathLike | None = None,
+    def from_checkpoint(cls, path: str | os.PathLike | None = None, *, low_noise: str | os.PathLike | None = None,
+                        boundary: float | None = None, cache_dir: str | os.PathLike | None = None,
                         text_encoder: Any = None, device: str | torch.device = "cpu") -> TextToVideo:
         """Rebuild the pipeline from a veil checkpoint (default: the shipped one), with its EMA weights.
 
+        With ``low_noise`` the denoiser is a pair of experts split along the noise axis, as in Wan 2.2
+        (:class:`~veil.models.TimestepExperts`): the checkpoint at ``path`` denoises the steps at noise levels
+        ``>= boundary`` (layout and motion), the one at ``low_noise`` the steps below (detail). Sampling follows
+        ``path``'s config (scheduler, steps, guidance, shift); both checkpoints must describe the same clips (frames,
+        size, text encoder, objective, codec, channels, temporal patch, clean anchors); their networks may differ.
+
         Args:
             path: the checkpoint file, or the name of a shipped one (``"tiny-t2v"``, see :func:`default_checkpoint`)
-                where no such file exists; None = the default shipped checkpoint.
+                where no such file exists; None = the default shipped checkpoint. With ``low_noise``: the
+                high-noise expert.
+            low_noise: the low-noise expert's checkpoint (a file or a shipped name); None: one model.
+            boundary: the noise level (a fraction of the training schedule, in ``(0, 1]``) from which the high-noise
+                expert is used. Default: where the experts' training ranges (``PipelineConfig.sigma_range``, set by
+                ``veil train sigma_max=...`` / ``sigma_min=...``) meet: the low-noise expert's upper end, else the
+                high-noise expert's lower end, else 0.875 (Wan 2.2 T2V).
             cache_dir: a text-embedding cache directory (None: no cache).
             text_encoder: use this encoder instead of building the one the config names.
 
         Raises:
-            ValueError: a missing / unreadable file, no pipeline config, or weights that do not fit.
+            ValueError: a missing / unreadable file, no pipeline config, weights that do not fit, experts that do
+                not describe the same clips, a boundary outside ``(0, 1]`` or one that leaves noise levels neither
+                expert was trained on, or a ``boundary`` without ``low_noise``.
         """
         path = checkpoint_path(path)
-        config, weights, extra = read_checkpoint(path)
-        model = config.build_model()
-        missing, unexpected = (sorted(model.state_dict().keys() - weights.keys()),
-                               sorted(weights.keys() - model.state_dict().keys()))
-        if missing or unexpected:
-            raise ValueError(f"checkpoint {str(path)!r}: weights do not fit the model (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
-        model.load_state_dict(weights)
+        config, model, extra = _load_denoiser(path)
+        if low_noise is not None:
+            low_path = checkpoint_path(low_noise)
+            low_config, low_model, _ = _load_denoiser(low_path)
+            _check_experts(config, low_config, path, low_path)
+            boundary = _expert_boundary(config, low_config, boundary)
+            model = TimestepExperts(model, low_model, boundary)
+            extra = {**extra, "experts": {"high_noise": str(path), "low_noise": str(low_path), "boundary": boundary}}
+        elif boundary is not None:
+            raise ValueError(f"boundary: only with low_noise (a low-noise expert), got boundary={boundary!r} alone")
         enc = text_encoder if text_encoder is not None else make_text_encoder(config.text_encoder, cache_dir)
         pipe = cls(model, config.build_codec(), enc, config, device=device)
         pipe.extra = extra
@@ -351,9 +415,14 @@ class TextToVideo:
         prompts = list(prompts)
         ctx, lengths = self.text_encoder.encode(prompts)
         ctx = ctx.to(self.device, torch.float32)
-        norm = next((m for m in self.model.modules() if isinstance(m, ContextStandardize)), None)
+        norms = [m for m in self.model.modules() if isinstance(m, ContextStandardize)]
+        norm = norms[0] if norms else None
         weighted = [bool(parse_weights(p)[1]) for p in prompts]
         if norm is not None and any(weighted):
+            if any(not (torch.equal(n.mean, norm.mean) and torch.equal(n.std, norm.std)) for n in norms[1:]):
+                raise ValueError("prompts: weighting under text_norm needs one set of text statistics, but the "
+                                 "experts standardise text differently (train the low-noise expert with init= the "
+                                 "high-noise one, which keeps its statistics); drop the (word:w) weights")
             plain, _ = self.text_encoder.encode([parse_weights(p)[0] for p in prompts])
             plain = plain.to(self.device, torch.float32)[:, :ctx.shape[1]]  # (B, S, Dt): the same tokens, w = 1
             # each token's weight, exactly: the encoder's weighted embedding is w times the plain one

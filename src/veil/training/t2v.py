@@ -78,6 +78,11 @@ class T2VConfig:
             nearly clean levels at which sampling ends.
         absolute_below, absolute_scale: score the examples below this noise level with ``absolute_scale`` times the
             absolute error instead of the squared one (``FlowMatching.absolute_below``; 0: squared everywhere).
+        sigma_min, sigma_max: train on this part of the noise schedule only (``FlowMatching.sigma_min`` /
+            ``sigma_max``): one expert of a pair split along the noise axis, as Wan 2.2's high- and low-noise
+            experts (e.g. ``sigma_max=0.875 init=tiny-t2v-16f context_high_noise=0`` fine-tunes a low-noise expert
+            for the shipped model). The range is stored with the checkpoint (``PipelineConfig.sigma_range``), where
+            ``TextToVideo.from_checkpoint(..., low_noise=...)`` and ``veil generate --low-noise`` find the boundary.
         init: start from the weights of a veil text-to-video checkpoint (a file, or the name of a shipped one such
             as "tiny-t2v-16f") instead of random ones: a fine-tune. Its model must be this run's (same
             architecture and channels; a mismatch is refused naming the fields); with ``text_norm`` its saved text
@@ -136,6 +141,8 @@ class T2VConfig:
     unshifted: float = 0.0
     absolute_below: float = 0.0
     absolute_scale: float = 1.0
+    sigma_min: float = 0.0
+    sigma_max: float = 1.0
     loss_weight: str = "none"
     text_norm: bool = True
     pooled_text: bool = False
@@ -206,7 +213,13 @@ class T2VConfig:
                               guidance_interval=list(self.guidance_interval) if self.guidance_interval else None,
                               steps=self.sample_steps, overlap=self.overlap, prediction=self.prediction,
                               text_norm=self.text_norm, clean_anchors=self.context_frames > 0, staged=self.staged,
-                              codec=codec)
+                              codec=codec, sigma_range=self.sigma_range())
+
+    def sigma_range(self) -> list[float] | None:
+        """``[sigma_min, sigma_max]`` when the run trains part of the schedule; None: the whole of it."""
+        if (self.sigma_min, self.sigma_max) == (0.0, 1.0):
+            return None
+        return [float(self.sigma_min), float(self.sigma_max)]
 
     def train_config(self, out_dir: str | None, resume: str | None, progress: bool = True) -> TrainConfig:
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
@@ -451,7 +464,7 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
                              absolute_scale=config.absolute_scale,
                              weighting=typing.cast(Any, config.loss_weight), context_frames=config.context_frames,
                              context_one_patch=config.context_one_patch, context_high_noise=config.context_high_noise,
-                             frame_patch=config.patch[0])
+                             frame_patch=config.patch[0], sigma_min=config.sigma_min, sigma_max=config.sigma_max)
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
     # under torchrun with nccl each process trains on its own GPU (init() made it the current device)
     device = (torch.device("cuda", torch.cuda.current_device())
