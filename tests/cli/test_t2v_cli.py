@@ -15,8 +15,9 @@ import torch
 from safetensors.torch import load_file
 
 from veil.cli.main import main
+from veil.models import TimestepExperts
 from veil.pipelines import TextToVideo, default_checkpoint
-from veil.pipelines.t2v import SHIPPED
+from veil.pipelines.t2v import SHIPPED, SHIPPED_EXPERTS
 from veil.training.t2v import load_config
 
 
@@ -107,10 +108,15 @@ def test_train_two_experts_on_parts_of_the_schedule_then_generate_with_both(caps
 
 def test_shipped_checkpoint_loads_and_generates(capsys, tmp_path):
     # the checkpoint ships in the package: a missing asset is a failure, not a skip
-    for name in SHIPPED:
+    for name in (*SHIPPED, *SHIPPED_EXPERTS.values()):
         assert default_checkpoint(name).is_file(), f"the shipped checkpoint {default_checkpoint(name)} is missing"
-    pipe = TextToVideo.from_checkpoint()  # the default: 16 frames whose tokens keep time
+    pipe = TextToVideo.from_checkpoint()  # the default: 16 frames whose tokens keep time, with its low-noise expert
     assert pipe.extra["run"]["command"].startswith("veil train --preset tiny-t2v-16f ")
+    assert isinstance(pipe.model, TimestepExperts) and pipe.model.boundary == 0.85
+    assert pipe.extra["experts"]["low_noise"] == str(default_checkpoint("tiny-t2v-16f-low"))
+    low = TextToVideo.from_checkpoint("tiny-t2v-16f-low")
+    assert low.config.sigma_range == [0.0, 0.85] and "init=tiny-t2v-16f" in low.extra["run"]["command"]
+    assert not isinstance(TextToVideo.from_checkpoint("tiny-t2v-16f").model, TimestepExperts)  # by name: one model
     cfg = pipe.config
     assert (cfg.frames, cfg.model["patch_size"], cfg.clean_anchors, cfg.staged) == (16, [2, 8, 8], True, True)
     assert (cfg.scheduler, cfg.guidance, cfg.guidance_interval) == ("unipc", 4.0, [0.85, 1.0])
@@ -209,13 +215,15 @@ def test_fine_tune_from_a_checkpoint_with_the_absolute_error(capsys, tmp_path):
 # what the shipped checkpoints recover on the demo's 8 prompts, seed 0: clips whose colour / shape / motion / all
 # three the analyzer recovers
 PINNED = {"tiny-t2v": {"colour": 8, "shape": 8, "motion": 8, "all": 8},
-          "tiny-t2v-16f": {"colour": 8, "shape": 8, "motion": 8, "all": 8}}
+          "tiny-t2v-16f": {"colour": 8, "shape": 8, "motion": 8, "all": 8},
+          None: {"colour": 8, "shape": 8, "motion": 8, "all": 8}}  # the default: tiny-t2v-16f and its expert
 
 
-@pytest.mark.parametrize("name", SHIPPED)
+@pytest.mark.parametrize("name", [None, *SHIPPED])
 def test_shipped_checkpoint_follows_its_prompts(name):
     """Pins each shipped model's prompt-following on the demo's 8 prompts (2 held out of its training) and seed: a
-    regression of more than one clip in any attribute fails here (one flip allowed across CPUs' numerics)."""
+    regression of more than one clip in any attribute fails here (one flip allowed across CPUs' numerics). None:
+    the default model, ``tiny-t2v-16f`` with its shipped low-noise expert."""
     from veil.cli.demo import PROMPTS
     from veil.pipelines.evaluate import ATTRIBUTES, score_videos, trained_world, truth_of
 

@@ -9,6 +9,7 @@ import torch
 
 from tests.pipelines.t2v_helpers import HashEncoder, randomize, tiny_config
 from veil.data import COLOURS, make_video
+from veil.models import TimestepExperts
 from veil.pipelines import PixelCodec, TextToVideo
 from veil.pipelines.evaluate import (
     caption_sensitivity,
@@ -183,9 +184,9 @@ def test_denoiser_floor_measures_the_estimate_from_noised_renders():
     assert denoiser_floor(WorldPipeline(), TRIPLES) is None
 
 
-def _tiny_pipeline(prediction: str) -> TextToVideo:
+def _tiny_pipeline(prediction: str, seed: int = 0) -> TextToVideo:
     config = tiny_config(prediction)
-    return TextToVideo(randomize(config.build_model()), PixelCodec(), HashEncoder(), config)
+    return TextToVideo(randomize(config.build_model(), seed), PixelCodec(), HashEncoder(), config)
 
 
 def test_head_span_projection_keeps_what_the_head_can_draw_and_removes_the_rest():
@@ -207,6 +208,12 @@ def test_head_span_projection_keeps_what_the_head_can_draw_and_removes_the_rest(
     floor = denoiser_floor(pipe, TRIPLES[:2], sigmas=(0.2,))
     assert list(floor) == ["0.2", "head", "rendered"] and floor["head"]["background"] > 0
     assert head_span_projection(_tiny_pipeline("velocity"), drawable) is None
+    # a pair of experts: the low-noise expert's head, which makes the last estimates
+    other = _tiny_pipeline("x0", seed=1)
+    pipe.model = TimestepExperts(other.model, pipe.model, 0.85)
+    torch.testing.assert_close(head_span_projection(pipe, off), drawable, atol=1e-4, rtol=1e-4)
+    pipe.model = TimestepExperts(pipe.model.low_noise_model, other.model, 0.85)
+    assert (head_span_projection(pipe, off) - drawable).abs().max() > 1e-2
     with pytest.raises(ValueError, match="latents"):
         head_span_projection(pipe, drawable[:, :, :3])
 

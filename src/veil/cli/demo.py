@@ -32,7 +32,8 @@ PROMPTS = [
 
 def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="text to video with the shipped checkpoint (--masks: mask pictures, bench)",
-                       description="Generate a GIF grid for a few prompts with the shipped tiny-t2v-16f checkpoint, "
+                       description="Generate a GIF grid for a few prompts with the shipped model (tiny-t2v-16f "
+                                   "and its low-noise expert), "
                                    "write each GIF to --out and print prompt-following accuracy. --masks instead "
                                    "prints a few masks, writes them as PNGs and runs the quick attention "
                                    "benchmark (without rewriting docs/benchmarks.md).")

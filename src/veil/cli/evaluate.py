@@ -19,7 +19,8 @@ def add_parser(sub) -> None:
                                    "edge rise), measure how much the denoiser depends on each caption attribute, "
                                    "extend some prompts 4x, and write report.json, report.md and GIF grids to --out.")
     p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v-16f "
-                   "(the default, 16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame)")
+                   "(16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame); default: "
+                   "tiny-t2v-16f with its shipped low-noise expert tiny-t2v-16f-low below noise level 0.85")
     p.add_argument("--low-noise", metavar="CHECKPOINT",
                    help="a low-noise expert: --checkpoint then denoises the high-noise steps and this one the rest, "
                         "as Wan 2.2's two experts (train one with 'veil train sigma_max=0.875 ...')")

@@ -35,7 +35,7 @@ from veil.data import (
 )
 from veil.data.fidelity import fidelity
 from veil.data.world import RADIUS, check_edges
-from veil.models import WanDiT
+from veil.models import TimestepExperts, WanDiT
 from veil.pipelines.media import save_grid
 
 __all__ = ["ATTRIBUTES", "CONTINUED_SIGMAS", "SENSITIVITY_SIGMAS", "caption_sensitivity", "default_prompts",
@@ -253,13 +253,19 @@ def head_span_projection(pipeline: Any, latents: Tensor) -> Tensor | None:
     leaves ``{W h + b}``. Each patch of ``latents`` is replaced by its nearest point there (least squares in
     float64; the first C of the head's output channels, as :class:`~veil.pipelines.t2v.XPrediction` reads them).
 
+    With a pair of experts (:class:`~veil.models.TimestepExperts`) the head is the low-noise expert's: the one that
+    makes the last, nearly clean estimates.
+
     Returns:
         The projected latents (``latents``' shape and dtype), or None where the pipeline's network predicts
         something else (``prediction`` not ``"x0"``) or has no WanDiT head.
     """
     if getattr(pipeline.config, "prediction", None) != "x0":
         return None
-    wan = next((m for m in pipeline.model.modules() if isinstance(m, WanDiT)), None)
+    net = pipeline.model
+    if isinstance(net, TimestepExperts):
+        net = net.low_noise_model
+    wan = next((m for m in net.modules() if isinstance(m, WanDiT)), None)
     if wan is None:
         return None
     (pt, ph, pw), (b, c, t, h, w) = wan.config.patch_size, latents.shape

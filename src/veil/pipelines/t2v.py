@@ -30,11 +30,13 @@ from veil.pipelines.codecs import PixelCodec, VAECodec
 from veil.pipelines.media import save_grid, save_video
 from veil.text.weighting import parse_weights
 
-__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED", "ContextStandardize", "PipelineConfig", "TextToVideo", "XPrediction",
-           "checkpoint_path", "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]
+__all__ = ["DEFAULT_CHECKPOINT", "SHIPPED", "SHIPPED_EXPERTS", "ContextStandardize", "PipelineConfig", "TextToVideo",
+           "XPrediction", "checkpoint_path", "default_checkpoint", "make_text_encoder", "save_grid", "save_video"]
 
 SHIPPED = ("tiny-t2v-16f", "tiny-t2v")  # checkpoints in the package's veil/assets, the default first
 DEFAULT_CHECKPOINT = f"{SHIPPED[0]}.safetensors"
+# shipped low-noise experts (veil/assets too): the default model samples with its own below its boundary
+SHIPPED_EXPERTS = {"tiny-t2v-16f": "tiny-t2v-16f-low"}
 
 
 class XPrediction(nn.Module):
@@ -226,21 +228,24 @@ def default_checkpoint(name: str | None = None) -> Path:
 
     Args:
         name: one of :data:`SHIPPED` (``"tiny-t2v-16f"``, the default: 16 frames whose tokens keep time, or
-            ``"tiny-t2v"``: 8 frames in one token frame); None: the default.
+            ``"tiny-t2v"``: 8 frames in one token frame) or a shipped low-noise expert of
+            :data:`SHIPPED_EXPERTS` (``"tiny-t2v-16f-low"``); None: the default.
 
     Raises:
         ValueError: another name.
     """
     name = SHIPPED[0] if name is None else name
-    if name not in SHIPPED:
-        raise ValueError(f"name: expected one of the shipped checkpoints {list(SHIPPED)}, got {name!r}")
+    names = [*SHIPPED, *SHIPPED_EXPERTS.values()]
+    if name not in names:
+        raise ValueError(f"name: expected one of the shipped checkpoints {names}, got {name!r}")
     return Path(str(resources.files("veil") / "assets" / f"{name}.safetensors"))
 
 
 def checkpoint_path(path: str | os.PathLike | None) -> Path:
     """``path`` itself, or the shipped checkpoint of that name (:func:`default_checkpoint`) where no such file exists;
     None: the default shipped checkpoint."""
-    if path is None or (str(path) in SHIPPED and not Path(path).exists()):
+    shipped = (*SHIPPED, *SHIPPED_EXPERTS.values())
+    if path is None or (str(path) in shipped and not Path(path).exists()):
         return default_checkpoint(None if path is None else str(path))
     return Path(path)
 
@@ -369,9 +374,11 @@ class TextToVideo:
 
         Args:
             path: the checkpoint file, or the name of a shipped one (``"tiny-t2v"``, see :func:`default_checkpoint`)
-                where no such file exists; None = the default shipped checkpoint. With ``low_noise``: the
-                high-noise expert.
-            low_noise: the low-noise expert's checkpoint (a file or a shipped name); None: one model.
+                where no such file exists; None = the default shipped model: ``"tiny-t2v-16f"`` with its shipped
+                low-noise expert ``"tiny-t2v-16f-low"`` (:data:`SHIPPED_EXPERTS`; the name ``"tiny-t2v-16f"``
+                alone is the one model). With ``low_noise``: the high-noise expert.
+            low_noise: the low-noise expert's checkpoint (a file or a shipped name); None: one model (except for
+                the default, ``path=None``).
             boundary: the noise level (a fraction of the training schedule, in ``(0, 1]``) from which the high-noise
                 expert is used. Default: where the experts' training ranges (``PipelineConfig.sigma_range``, set by
                 ``veil train sigma_max=...`` / ``sigma_min=...``) meet: the low-noise expert's upper end, else the
@@ -384,6 +391,8 @@ class TextToVideo:
                 not describe the same clips, a boundary outside ``(0, 1]`` or one that leaves noise levels neither
                 expert was trained on, or a ``boundary`` without ``low_noise``.
         """
+        if path is None and low_noise is None:  # the default model: the shipped pair
+            low_noise = SHIPPED_EXPERTS.get(SHIPPED[0])
         path = checkpoint_path(path)
         config, model, extra = _load_denoiser(path)
         if low_noise is not None:
