@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from veil.pipelines import TextToVideo
+from veil.cli.generate import add_model_arguments, load_pipeline
 from veil.pipelines.evaluate import evaluate, markdown
 
 
@@ -18,15 +18,7 @@ def add_parser(sub) -> None:
                                    "clips are drawn next to the world's renders (background residual, square fill, "
                                    "edge rise), measure how much the denoiser depends on each caption attribute, "
                                    "extend some prompts 4x, and write report.json, report.md and GIF grids to --out.")
-    p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v-16f "
-                   "(16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame); default: "
-                   "tiny-t2v-16f with its shipped low-noise expert tiny-t2v-16f-low below noise level 0.85")
-    p.add_argument("--low-noise", metavar="CHECKPOINT",
-                   help="a low-noise expert: --checkpoint then denoises the high-noise steps and this one the rest, "
-                        "as Wan 2.2's two experts (train one with 'veil train sigma_max=0.875 ...')")
-    p.add_argument("--boundary", type=float,
-                   help="with --low-noise: the noise level in (0, 1] from which the --checkpoint expert is used "
-                        "(default: where the experts' training ranges meet, else 0.875)")
+    add_model_arguments(p)
     p.add_argument("--prompts", help="a text file, one prompt per line (default: every seen combination)")
     p.add_argument("--out", default="out/eval", help="report directory (default out/eval)")
     p.add_argument("--seed", type=int, default=0)
@@ -46,7 +38,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    pipe = TextToVideo.from_checkpoint(args.checkpoint, low_noise=args.low_noise, boundary=args.boundary)
+    pipe = load_pipeline(args)
     prompts = None
     if args.prompts:
         prompts = [ln.strip() for ln in Path(args.prompts).read_text().splitlines() if ln.strip()]

@@ -25,6 +25,17 @@ def add_parser(sub) -> None:
     p.add_argument("--keyframe", action="append", default=[], metavar="INDEX=IMAGE",
                    help="hold frame INDEX to an image file (resized to the frame size); repeatable")
     p.add_argument("--extend", type=int, metavar="N", help="extend to N frames, window by window")
+    add_model_arguments(p)
+    p.add_argument("--sp", type=int, metavar="K",
+                   help="sequence-parallel over K processes: launch with 'torchrun --nproc-per-node K -m veil.cli.main "
+                        "generate ... --sp K'; rank 0 writes the file")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
+    p.set_defaults(run=run, parser=p)
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint``, ``--low-noise`` and ``--boundary``: the model a command samples with."""
     p.add_argument("--checkpoint", help="a checkpoint from 'veil train', or a shipped one by name: tiny-t2v-16f "
                    "(16 frames whose tokens keep time) or tiny-t2v (8 frames in one token frame); default: "
                    "tiny-t2v-16f with its shipped low-noise expert tiny-t2v-16f-low below noise level 0.85")
@@ -34,12 +45,11 @@ def add_parser(sub) -> None:
     p.add_argument("--boundary", type=float,
                    help="with --low-noise: the noise level in (0, 1] from which the --checkpoint expert is used "
                         "(default: where the experts' training ranges meet, else 0.875)")
-    p.add_argument("--sp", type=int, metavar="K",
-                   help="sequence-parallel over K processes: launch with 'torchrun --nproc-per-node K -m veil.cli.main "
-                        "generate ... --sp K'; rank 0 writes the file")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch CPU threads (default 1: small tensors run fastest on one thread of a busy CPU)")
-    p.set_defaults(run=run, parser=p)
+
+
+def load_pipeline(args: argparse.Namespace) -> TextToVideo:
+    """The pipeline that :func:`add_model_arguments`' options name."""
+    return TextToVideo.from_checkpoint(args.checkpoint, low_noise=args.low_noise, boundary=args.boundary)
 
 
 def _keyframe(spec: str, size: int) -> tuple[int, torch.Tensor]:
@@ -65,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         if args.sp > 1:
             rank, _ = init()
             main = rank == 0
-    pipe = TextToVideo.from_checkpoint(args.checkpoint, low_noise=args.low_noise, boundary=args.boundary)
+    pipe = load_pipeline(args)
     experts = pipe.extra.get("experts")
     if experts and main:
         print(f"experts: {experts['high_noise']} at noise levels >= {experts['boundary']:g}, "
