@@ -348,7 +348,7 @@ def test_from_checkpoint_with_a_low_noise_expert_runs_each_step_on_its_expert(tm
     other.size = 16
     bad = save_checkpoint(tmp_path / "bad.safetensors", step=1, model=other.build_model(),
                           extra={"pipeline": other.to_dict()})
-    with pytest.raises(ValueError, match=r"low_noise: .*size: 32 there, 16 here"):
+    with pytest.raises(ValueError, match=r"low_noise: .*size: 32 high-noise, 16 low-noise"):
         TextToVideo.from_checkpoint(high, low_noise=bad, text_encoder=enc)
     with pytest.raises(ValueError, match=r"boundary: 0.9 leaves noise levels .*up to 0.6"):
         TextToVideo.from_checkpoint(high, low_noise=low, boundary=0.9, text_encoder=enc)

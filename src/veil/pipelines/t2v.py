@@ -309,7 +309,7 @@ def _check_experts(high: PipelineConfig, low: PipelineConfig, high_path: Path, l
         return {**{k: d[k] for k in _EXPERTS_MUST_MATCH}, "in_channels": m.get("in_channels", 3),
                 "out_channels": m.get("out_channels", 3), "temporal patch": list(m.get("patch_size", [1]))[0]}
     a, b = what(high), what(low)
-    differ = [f"{k}: {a[k]!r} there, {b[k]!r} here" for k in a if a[k] != b[k]]
+    differ = [f"{k}: {a[k]!r} high-noise, {b[k]!r} low-noise" for k in a if a[k] != b[k]]
     if differ:
         raise ValueError(f"low_noise: the expert {str(low_path)!r} does not describe the clips of {str(high_path)!r} "
                          f"({'; '.join(differ)})")

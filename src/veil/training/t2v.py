@@ -80,9 +80,10 @@ class T2VConfig:
             absolute error instead of the squared one (``FlowMatching.absolute_below``; 0: squared everywhere).
         sigma_min, sigma_max: train on this part of the noise schedule only (``FlowMatching.sigma_min`` /
             ``sigma_max``): one expert of a pair split along the noise axis, as Wan 2.2's high- and low-noise
-            experts (e.g. ``sigma_max=0.875 init=tiny-t2v-16f context_high_noise=0`` fine-tunes a low-noise expert
-            for the shipped model). The range is stored with the checkpoint (``PipelineConfig.sigma_range``), where
-            ``TextToVideo.from_checkpoint(..., low_noise=...)`` and ``veil generate --low-noise`` find the boundary.
+            experts (``init=tiny-t2v-16f sigma_max=0.85 context_high_noise=0 steps=400 lr=1e-3`` is the shipped
+            low-noise expert, ``tiny-t2v-16f-low``). The range is stored with the checkpoint
+            (``PipelineConfig.sigma_range``), where ``TextToVideo.from_checkpoint(..., low_noise=...)`` and
+            ``veil generate --low-noise`` find the boundary.
         init: start from the weights of a veil text-to-video checkpoint (a file, or the name of a shipped one such
             as "tiny-t2v-16f") instead of random ones: a fine-tune. Its model must be this run's (same
             architecture and channels; a mismatch is refused naming the fields); with ``text_norm`` its saved text
@@ -420,6 +421,12 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
     t0 = time.perf_counter()
     pipeline = config.pipeline()
     initial = _initial_weights(config.init, pipeline) if config.init else None  # checked before the slow part
+    objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
+                             unshifted=config.unshifted, absolute_below=config.absolute_below,
+                             absolute_scale=config.absolute_scale,
+                             weighting=typing.cast(Any, config.loss_weight), context_frames=config.context_frames,
+                             context_one_patch=config.context_one_patch, context_high_noise=config.context_high_noise,
+                             frame_patch=config.patch[0], sigma_min=config.sigma_min, sigma_max=config.sigma_max)
     encoder = make_text_encoder(config.text_encoder, Path(config.cache_dir).expanduser())
     several = torch.distributed.is_available() and torch.distributed.is_initialized()
     main = not several or torch.distributed.get_rank() == 0
@@ -459,12 +466,6 @@ def train_t2v(config: T2VConfig, out_dir: str | os.PathLike, *, resume: str | No
             norm.fit(data.embeddings)
         return model
 
-    objective = FlowMatching(shift=config.shift, sampling=typing.cast(Any, config.timesteps),
-                             unshifted=config.unshifted, absolute_below=config.absolute_below,
-                             absolute_scale=config.absolute_scale,
-                             weighting=typing.cast(Any, config.loss_weight), context_frames=config.context_frames,
-                             context_one_patch=config.context_one_patch, context_high_noise=config.context_high_noise,
-                             frame_patch=config.patch[0], sigma_min=config.sigma_min, sigma_max=config.sigma_max)
     run_info = {**(run or {}), "t2v_config": _jsonable(dataclasses.asdict(config))}
     # under torchrun with nccl each process trains on its own GPU (init() made it the current device)
     device = (torch.device("cuda", torch.cuda.current_device())
