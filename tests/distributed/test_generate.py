@@ -1,5 +1,5 @@
-"""Sampling sequence-parallel: the shipped text-to-video pipeline under 2 processes makes one process's video, and
-``veil generate --sp 2`` under torchrun writes it."""
+"""Sampling sequence-parallel: the shipped text-to-video pipeline (a pair of experts) under 2 processes makes one
+process's video, and ``veil generate --sp 2`` under torchrun writes it."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import torch
 
 import veil.distributed as vd
 from veil.cli.main import main
+from veil.models import TimestepExperts
 from veil.pipelines import TextToVideo, default_checkpoint
 
 pytestmark = pytest.mark.skipif(not default_checkpoint().is_file(), reason="the shipped checkpoint is missing")
@@ -26,7 +27,10 @@ def _video(mode: dict) -> torch.Tensor:
 
 
 def test_pipeline_under_two_processes_makes_the_one_process_video():
-    want = TextToVideo.from_checkpoint()([PROMPT], steps=3, seed=5)
+    pipe = TextToVideo.from_checkpoint()
+    # the shipped pair of experts: of the 3 steps per stage, the last runs on the low-noise expert (timestep 714)
+    assert isinstance(pipe.model, TimestepExperts) and pipe.model.threshold == 850.0
+    want = pipe([PROMPT], steps=3, seed=5)
     for mode in (dict(ulysses=2), dict(ring=2)):
         for video in vd.spawn(_video, 2, mode, timeout=300):
             assert video.shape == want.shape
