@@ -262,22 +262,19 @@ class FlowMatching:
     def sample_sigma(self, n: int, *, generator: torch.Generator | None = None) -> Tensor:
         """``n`` shifted noise levels in [0, 1], float32 on the generator's device."""
         u = _rand(n, generator)
-        whole = self.sigma_min == 0 and self.sigma_max == 1
-        sigma = shift_sigma(self._inverse_cdf(self._truncate(u, True) if not whole else u), self.shift)
+        whole = self.sigma_min == 0 and self.sigma_max == 1  # as drawn without a range, to the bit
+        # the intervals of the uniform draw that land in the range: unshifted (a, b) and shifted (c, d)
+        (a, b), (c, d) = self._inverse_cdf_bounds(False), self._inverse_cdf_bounds(True)
+        sigma = shift_sigma(self._inverse_cdf(u if whole else c + (d - c) * u), self.shift)
         if self.unshifted > 0:
-            plain = self._inverse_cdf(self._truncate(u, False) if not whole else u)
+            plain = self._inverse_cdf(u if whole else a + (b - a) * u)
             share = self.unshifted
             if not whole:  # each kind of draw in the proportion of its mass inside the interval
-                (a, b), (c, d) = self._inverse_cdf_bounds(False), self._inverse_cdf_bounds(True)
                 share = share * (b - a) / max(share * (b - a) + (1 - share) * (d - c), 1e-300)
             sigma = torch.where(_rand(n, generator) < share, plain, sigma)
         if not whole:  # rounding at the ends of the interval
             sigma = sigma.clamp(self.sigma_min, self.sigma_max)
         return sigma.float()
-
-    def _truncate(self, u: Tensor, shifted: bool) -> Tensor:
-        a, b = self._inverse_cdf_bounds(shifted)
-        return a + (b - a) * u
 
     def _inverse_cdf(self, u: Tensor) -> Tensor:
         """Unshifted noise levels of uniform draws ``u``."""

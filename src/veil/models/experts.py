@@ -15,6 +15,7 @@ from torch import nn
 
 Tensor = torch.Tensor
 Expert = Literal["high", "low"]
+WAN22_T2V_BOUNDARY = 0.875  # Wan 2.2 A14B text-to-video (wan/configs/wan_t2v_A14B.py)
 
 
 class TimestepExperts(nn.Module):
@@ -43,7 +44,8 @@ class TimestepExperts(nn.Module):
         ValueError: a boundary outside ``(0, 1]``, a non-positive schedule length, or a ``meta`` offload.
     """
 
-    def __init__(self, high_noise_model: nn.Module, low_noise_model: nn.Module, boundary: float = 0.875, *,
+    def __init__(self, high_noise_model: nn.Module, low_noise_model: nn.Module,
+                 boundary: float = WAN22_T2V_BOUNDARY, *,
                  num_train_timesteps: int = 1000, keep_active_only: bool = False,
                  offload_device: torch.device | str = "cpu"):
         super().__init__()

@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from veil.diffusion import DDPMObjective, FlowMatching, extend, make_scheduler, sample
 from veil.distributed import enable_sequence_parallel
-from veil.models.experts import TimestepExperts
+from veil.models.experts import WAN22_T2V_BOUNDARY, TimestepExperts
 from veil.models.wan import WanDiT
 from veil.models.wan_config import WanConfig
 from veil.pipelines.codecs import PixelCodec, VAECodec
@@ -37,6 +37,7 @@ SHIPPED = ("tiny-t2v-16f", "tiny-t2v")  # checkpoints in the package's veil/asse
 DEFAULT_CHECKPOINT = f"{SHIPPED[0]}.safetensors"
 # shipped low-noise experts (veil/assets too): the default model samples with its own below its boundary
 SHIPPED_EXPERTS = {"tiny-t2v-16f": "tiny-t2v-16f-low"}
+_SHIPPED_NAMES = (*SHIPPED, *SHIPPED_EXPERTS.values())  # every file in veil/assets
 
 
 class XPrediction(nn.Module):
@@ -235,17 +236,15 @@ def default_checkpoint(name: str | None = None) -> Path:
         ValueError: another name.
     """
     name = SHIPPED[0] if name is None else name
-    names = [*SHIPPED, *SHIPPED_EXPERTS.values()]
-    if name not in names:
-        raise ValueError(f"name: expected one of the shipped checkpoints {names}, got {name!r}")
+    if name not in _SHIPPED_NAMES:
+        raise ValueError(f"name: expected one of the shipped checkpoints {list(_SHIPPED_NAMES)}, got {name!r}")
     return Path(str(resources.files("veil") / "assets" / f"{name}.safetensors"))
 
 
 def checkpoint_path(path: str | os.PathLike | None) -> Path:
     """``path`` itself, or the shipped checkpoint of that name (:func:`default_checkpoint`) where no such file exists;
     None: the default shipped checkpoint."""
-    shipped = (*SHIPPED, *SHIPPED_EXPERTS.values())
-    if path is None or (str(path) in shipped and not Path(path).exists()):
+    if path is None or (str(path) in _SHIPPED_NAMES and not Path(path).exists()):
         return default_checkpoint(None if path is None else str(path))
     return Path(path)
 
@@ -320,7 +319,7 @@ def _expert_boundary(high: PipelineConfig, low: PipelineConfig, boundary: float 
     low_hi = low.sigma_range[1] if low.sigma_range else 1.0
     high_lo = high.sigma_range[0] if high.sigma_range else 0.0
     if boundary is None:
-        boundary = low_hi if low_hi < 1 else high_lo if high_lo > 0 else 0.875
+        boundary = low_hi if low_hi < 1 else high_lo if high_lo > 0 else WAN22_T2V_BOUNDARY
     if isinstance(boundary, bool) or not isinstance(boundary, (int, float)) or not 0 < boundary <= 1:
         raise ValueError(f"boundary: expected a noise level in (0, 1], got {boundary!r}")
     if boundary > low_hi or boundary < high_lo:
